@@ -1,0 +1,119 @@
+"""The engine contract: a pure argv builder, a launch, control, and the meaning of an exit.
+
+Engines know nothing of suites. A Guest owns one engine and turns its exits into
+lifecycle events (a reset that needs a relaunch, a panic, a clean stop).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+from harness.environments import Environment
+from harness.errors import Unsupported
+from harness.images.model import GuestImage
+
+
+class ExitKind(enum.StrEnum):
+    STOP = "stop"  # guest powered off, or the host stopped it
+    RESET = "reset"  # guest rebooted; the VMM exited so the caller can launch it again
+    CRASH = "crash"  # VMM-side failure of a vCPU or device
+    PANIC = "panic"  # guest kernel panic reported through pvpanic
+    WATCHDOG = "watchdog"  # vCPU stall detector reset
+    INVALID_ARGS = "invalid-args"  # the VMM rejected its command line: the harness's fault
+    ERROR = "error"  # the VMM failed to configure or run
+    KILLED = "killed"  # ended by a signal
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitInfo:
+    kind: ExitKind
+    returncode: int
+    explanation: str
+
+    @property
+    def infra(self) -> bool:
+        """Whether this exit is the host's or harness's fault rather than the guest's."""
+        return self.kind in (ExitKind.INVALID_ARGS, ExitKind.ERROR, ExitKind.KILLED,
+                             ExitKind.CRASH)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    """Per-guest host paths; `workdir` is private (0700) and unique to this guest."""
+
+    workdir: Path
+    disks: tuple[Path, ...] = ()
+
+    @property
+    def control_socket(self) -> Path:
+        return self.workdir / "control.sock"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.workdir / "vmm-stderr.log"
+
+
+class Vmm(abc.ABC):
+    """One launched VMM process and its control channel."""
+
+    pid: int
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """Wait for the process to exit and return its status (negative: signal)."""
+
+    @property
+    @abc.abstractmethod
+    def returncode(self) -> int | None: ...
+
+    @abc.abstractmethod
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the VM without telling the guest; kill the process group after `timeout`."""
+
+    async def power_button(self) -> None:
+        raise Unsupported("this engine has no power button")
+
+    async def balloon(self, size_bytes: int) -> None:
+        raise Unsupported("this engine has no balloon control")
+
+    async def balloon_stats(self) -> dict[str, Any]:
+        raise Unsupported("this engine has no balloon statistics")
+
+    async def suspend(self) -> None:
+        raise Unsupported("this engine cannot suspend")
+
+    async def resume(self) -> None:
+        raise Unsupported("this engine cannot resume")
+
+    @abc.abstractmethod
+    async def kill(self) -> None:
+        """Kill the whole process group and reap it. Idempotent; never raises."""
+
+
+class Engine(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+        """The exact argv, a pure function of its inputs (printed for repro)."""
+
+    @abc.abstractmethod
+    async def unavailable(self, env: Environment) -> str | None:
+        """None when `env` can run here, otherwise the reason it is skipped."""
+
+    @abc.abstractmethod
+    async def launch(
+        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
+    ) -> Vmm:
+        """Start the VMM with its serial console on `console_fd` (a pty slave)."""
+
+    @abc.abstractmethod
+    def classify_exit(self, returncode: int) -> ExitInfo: ...
+
+    def accel(self, env: Environment) -> str:
+        """The accelerator this engine will use for `env` (after probing, where it probes)."""
+        return "kvm"

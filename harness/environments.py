@@ -1,0 +1,281 @@
+"""environments.json: named environments (engine x arch x device configuration).
+
+Each environment carries `dimensions` in the same vocabulary as tests.json
+environment dimensions (`device_type`, `cpu`, ...), so selecting tests for an
+environment is a plain dimension match. Validation is strict and precise: a
+typo in a CI config must fail the run at once with the file, the environment
+and the field, never boot a half-configured guest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+ENGINES = ("qemu", "crosvm")
+ARCHES = ("x86_64", "arm64")
+ACCELS = ("kvm", "tcg", "auto")
+PROFILES = ("linux", "zircon")
+PANIC_POLICIES = ("reset", "halt")
+CPU_DIMENSION = {"x86_64": "x64", "arm64": "arm64"}
+
+# Device types a configuration may name, with the options each accepts.
+DEVICE_OPTIONS: dict[str, dict[str, type]] = {
+    "virtio-blk": {"size_mib": int, "count": int},
+    "virtio-net": {"tap": str},
+    "virtio-rng": {},
+    "virtio-balloon": {},
+    "virtio-gpu": {"backend": str},
+    "virtio-console": {},
+    "virtio-vsock": {"cid": int},
+    "rtc": {},
+    "serial": {"count": int},
+    "pvpanic": {},
+    "xhci": {},
+}
+
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "environments.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceConfig:
+    """A named set of virtual devices, plus the devices that must not appear."""
+
+    name: str
+    devices: Mapping[str, Mapping[str, Any]]
+    absent: tuple[str, ...] = ()
+    description: str = ""
+
+    def has(self, device: str) -> bool:
+        return device in self.devices
+
+    def option(self, device: str, key: str, default: Any = None) -> Any:
+        return self.devices.get(device, {}).get(key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """Either an embedded image name (built by `harness images build`) or explicit files."""
+
+    name: str = ""
+    kernel: Path | None = None
+    initrd: Path | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.kernel is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    name: str
+    dimensions: Mapping[str, str]
+    tags: tuple[str, ...]
+    engine: str
+    arch: str
+    cpus: int
+    memory_mib: int
+    accel: str
+    kernel_args: tuple[str, ...]
+    profile: str
+    image: ImageRef
+    devices: DeviceConfig
+    blocking: bool
+    panic_policy: str = "reset"
+    boot_timeout_s: float = 120.0
+    disable_sandbox: bool = True
+    description: str = ""
+
+    @property
+    def device_type(self) -> str:
+        return self.dimensions.get("device_type", "")
+
+    def matches(self, dimensions: Mapping[str, str]) -> bool:
+        """A tests.json environment matches when every dimension it names agrees with ours."""
+        return all(self.dimensions.get(k) == v for k, v in dimensions.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentSet:
+    file: Path
+    environments: Mapping[str, Environment]
+    device_configs: Mapping[str, DeviceConfig]
+
+    def get(self, name: str) -> Environment:
+        try:
+            return self.environments[name]
+        except KeyError:
+            known = ", ".join(sorted(self.environments))
+            raise ConfigError(
+                str(self.file), None, None, f"no environment named '{name}' (known: {known})"
+            ) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.environments.values())
+
+
+class _Checker:
+    """Reads typed fields out of a JSON object, raising ConfigError with the exact location."""
+
+    def __init__(self, file: str, entry: str, obj: Any) -> None:
+        self.file, self.entry = file, entry
+        if not isinstance(obj, dict):
+            self.fail(None, f"expected an object, got {type(obj).__name__}")
+        self.obj: dict[str, Any] = obj
+
+    def fail(self, field: str | None, problem: str) -> None:
+        raise ConfigError(self.file, self.entry, field, problem)
+
+    def get(self, field: str, kind: type | tuple[type, ...], default: Any = ..., *,
+            choices: tuple[str, ...] | None = None) -> Any:
+        if field not in self.obj:
+            if default is ...:
+                self.fail(field, "is required")
+            return default
+        value = self.obj[field]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a JSON true is never a valid count.
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(field, f"expected {names}, got {json.dumps(value)}")
+        if choices is not None and value not in choices:
+            self.fail(field, f"must be one of {', '.join(choices)}; got {json.dumps(value)}")
+        return value
+
+    def positive(self, field: str, default: Any = ...) -> int:
+        value = self.get(field, int, default)
+        if value <= 0:
+            self.fail(field, f"must be a positive integer, got {value}")
+        return int(value)
+
+    def strings(self, field: str, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(field, list, default)
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.fail(f"{field}[{i}]", f"expected str, got {json.dumps(item)}")
+        return tuple(value)
+
+    def string_map(self, field: str, default: Any = ...) -> dict[str, str]:
+        value = self.get(field, dict, default)
+        for k, v in value.items():
+            if not isinstance(v, str):
+                self.fail(f"{field}.{k}", f"expected str, got {json.dumps(v)}")
+        return dict(value)
+
+
+def _device_config(file: str, name: str, obj: Any) -> DeviceConfig:
+    c = _Checker(file, f"device config '{name}'", obj)
+    devices_obj = c.get("devices", dict)
+    devices: dict[str, dict[str, Any]] = {}
+    for dev, opts in devices_obj.items():
+        if dev not in DEVICE_OPTIONS:
+            c.fail(f"devices.{dev}", f"unknown device type (known: {', '.join(DEVICE_OPTIONS)})")
+        if not isinstance(opts, dict):
+            c.fail(f"devices.{dev}", f"expected an object of options, got {json.dumps(opts)}")
+        for key, value in opts.items():
+            want = DEVICE_OPTIONS[dev].get(key)
+            if want is None:
+                known = ", ".join(DEVICE_OPTIONS[dev]) or "none"
+                c.fail(f"devices.{dev}.{key}", f"unknown option (known: {known})")
+            if not isinstance(value, want) or isinstance(value, bool):
+                c.fail(f"devices.{dev}.{key}", f"expected {want.__name__}, got {json.dumps(value)}")
+        devices[dev] = dict(opts)
+    absent = c.strings("absent", [])
+    for i, dev in enumerate(absent):
+        if dev not in DEVICE_OPTIONS:
+            c.fail(f"absent[{i}]", f"unknown device type '{dev}'")
+        if dev in devices:
+            c.fail(f"absent[{i}]", f"'{dev}' is both configured and required absent")
+    return DeviceConfig(
+        name=name, devices=devices, absent=absent, description=c.get("description", str, "")
+    )
+
+
+def _image(c: _Checker, base: Path) -> ImageRef:
+    value = c.get("image", (str, dict))
+    if isinstance(value, str):
+        return ImageRef(name=value)
+    ic = _Checker(c.file, c.entry, value)
+    kernel = base / ic.get("kernel", str)
+    initrd_name = ic.get("initrd", str, None)
+    initrd = base / initrd_name if initrd_name else None
+    if not kernel.is_file():
+        c.fail("image.kernel", f"kernel file not found: {kernel}")
+    if initrd is not None and not initrd.is_file():
+        c.fail("image.initrd", f"initrd file not found: {initrd}")
+    return ImageRef(name=ic.get("name", str, kernel.name), kernel=kernel, initrd=initrd)
+
+
+def _environment(
+    file: str, base: Path, name: str, obj: Any, configs: Mapping[str, DeviceConfig]
+) -> Environment:
+    c = _Checker(file, f"environment '{name}'", obj)
+    arch = c.get("arch", str, choices=ARCHES)
+    dimensions = c.string_map("dimensions")
+    if "device_type" not in dimensions:
+        c.fail("dimensions.device_type", "is required (for example \"crosvm\" or \"QEMU\")")
+    cpu = dimensions.get("cpu")
+    if cpu is not None and cpu != CPU_DIMENSION[arch]:
+        c.fail("dimensions.cpu", f"is {cpu!r} but arch {arch} is cpu {CPU_DIMENSION[arch]!r}")
+    devices_name = c.get("devices", str)
+    if devices_name not in configs:
+        c.fail("devices", f"no device config named '{devices_name}' (known: {', '.join(configs)})")
+    engine = c.get("engine", str, choices=ENGINES)
+    accel = c.get("accel", str, "auto", choices=ACCELS)
+    if engine == "crosvm" and accel == "tcg":
+        c.fail("accel", "crosvm has no TCG: use kvm or auto")
+    boot_timeout = c.get("boot_timeout_s", (int, float), 120)
+    if boot_timeout <= 0:
+        c.fail("boot_timeout_s", f"must be positive, got {boot_timeout}")
+    return Environment(
+        name=name,
+        dimensions=dimensions,
+        tags=c.strings("tags", []),
+        engine=engine,
+        arch=arch,
+        cpus=c.positive("cpus", 1),
+        memory_mib=c.positive("memory_mib", 512),
+        accel=accel,
+        kernel_args=c.strings("kernel_args", []),
+        profile=c.get("profile", str, "linux", choices=PROFILES),
+        image=_image(c, base),
+        devices=configs[devices_name],
+        blocking=c.get("blocking", bool, True),
+        panic_policy=c.get("panic_policy", str, "reset", choices=PANIC_POLICIES),
+        boot_timeout_s=float(boot_timeout),
+        disable_sandbox=c.get("disable_sandbox", bool, True),
+        description=c.get("description", str, ""),
+    )
+
+
+def load(path: Path | str | None = None) -> EnvironmentSet:
+    """Load and validate an environments file; every problem is a ConfigError (exit 2)."""
+    file = Path(path) if path is not None else DEFAULT_FILE
+    shown = str(file)
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise ConfigError(shown, None, None, f"cannot read: {e.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(shown, None, None, f"not valid JSON: {e.msg} at line {e.lineno}, "
+                          f"column {e.colno}") from None
+    top = _Checker(shown, "top level", data)
+    configs_obj = top.get("device_configs", dict)
+    configs = {n: _device_config(shown, n, o) for n, o in configs_obj.items()}
+    envs_obj = top.get("environments", dict)
+    if not envs_obj:
+        top.fail("environments", "is empty: name at least one environment")
+    base = file.resolve().parent
+    envs = {n: _environment(shown, base, n, o, configs) for n, o in envs_obj.items()}
+    return EnvironmentSet(file=file, environments=envs, device_configs=configs)

@@ -1,0 +1,28 @@
+"""What an engine needs to know about a built guest image."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestImage:
+    """A bootable kernel + initramfs pair for one arch.
+
+    `kernel` is what QEMU boots. `kernel_uncompressed` is the raw arm64 `Image`
+    crosvm needs (it rejects a gzip-compressed Image); on x86_64 it is the same
+    bzImage, which crosvm boots through the 64-bit Linux boot protocol.
+    """
+
+    name: str
+    arch: str
+    kernel: Path
+    initrd: Path | None
+    kernel_uncompressed: Path | None = None
+    kernel_version: str = ""
+    digest: str = ""
+
+    @property
+    def crosvm_kernel(self) -> Path:
+        return self.kernel_uncompressed or self.kernel

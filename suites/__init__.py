@@ -1,0 +1,1 @@
+"""Built-in suites, written against the Guest API."""
