@@ -1,3 +1,3 @@
-"""crosvm guest test harness: boots crosvm and QEMU guests and runs suites on their serial consoles."""
+"""crosvm guest test harness: boots crosvm and QEMU guests, runs suites on their consoles."""
 
 __version__ = "0.1.0"

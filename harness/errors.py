@@ -10,7 +10,7 @@ class HarnessError(Exception):
 
 
 class ConfigError(HarnessError):
-    """Bad input (tests.json, environments.json, arguments): exit 2, naming file, entry and field."""
+    """Bad input (tests.json, environments.json, arguments): exit 2, naming file, entry, field."""
 
     exit_status = 2
 
