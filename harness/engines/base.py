@@ -117,3 +117,21 @@ class Engine(abc.ABC):
     def accel(self, env: Environment) -> str:
         """The accelerator this engine will use for `env` (after probing, where it probes)."""
         return "kvm"
+
+
+def kernel_args(env: Environment) -> list[str]:
+    """The guest kernel command line both engines pass: profile, panic policy, then environment.
+
+    The environment's own arguments come last so that a person can override anything
+    the profile or policy chose (the kernel takes the last value of a repeated key).
+    """
+    from harness.profiles import get_profile
+
+    args = list(get_profile(env.profile).kernel_args(
+        arch=env.arch, engine=env.engine, nodename=env.name))
+    if env.profile == "linux":
+        # reset: panic reboots the guest after 1 s, the harness reports the crash and goes on;
+        # halt: the guest stays down with the panic on screen until the harness stops it.
+        args.append("panic=1" if env.panic_policy == "reset" else "panic=0")
+    args += env.kernel_args
+    return args

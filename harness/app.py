@@ -1,0 +1,252 @@
+"""What the CLI's commands do, as functions of parsed arguments.
+
+Kept apart from cli.py so that `harness --help` does not import anyio, pexpect
+or the engines, and so that tests can call a command without a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+
+from harness import environments as envmod
+from harness import plan as planmod
+from harness.engines.base import Engine, RunPaths
+from harness.engines.qemu import QemuEngine
+from harness.environments import Environment, EnvironmentSet
+from harness.errors import ConfigError, HarnessError
+from harness.images.model import GuestImage
+from harness.results import RunResult
+from harness.spec import TestSpec, load_specs, parse_specs
+from harness.suite import SuiteTest, default_specs, registry
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def make_engines() -> dict[str, Engine]:
+    from harness.engines.crosvm import CrosvmEngine
+
+    return {"qemu": QemuEngine(), "crosvm": CrosvmEngine()}
+
+
+def image_for(env: Environment, *, build: bool = True) -> GuestImage:
+    """The kernel and initramfs an environment boots (building the embedded one if needed)."""
+    if not env.image.embedded:
+        assert env.image.kernel is not None
+        return GuestImage(name=env.image.name, arch=env.arch, kernel=env.image.kernel,
+                          initrd=env.image.initrd, kernel_uncompressed=env.image.kernel)
+    from harness.images import ensure_image
+
+    return ensure_image(env.image.name, env.arch, build=build)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[list[TestSpec], EnvironmentSet,
+                                                     dict[str, SuiteTest]]:
+    envs = envmod.load(args.environments)
+    tests = registry()
+    if args.tests:
+        specs = load_specs(args.tests)
+    else:
+        specs = parse_specs(default_specs(tests), "<built-in suites>")
+    return specs, envs, tests
+
+
+def requirement_check(tests: Mapping[str, SuiteTest]):  # type: ignore[no-untyped-def]
+    def check(spec: TestSpec, env: Environment) -> str | None:
+        test = tests.get(spec.name)
+        if test is not None:
+            return test.requires.unmet(env)
+        if not spec.path:
+            return f"no built-in test named {spec.name!r} and no `path` to run in the guest"
+        return None
+
+    return check
+
+
+def selection(args: argparse.Namespace, envs: EnvironmentSet) -> planmod.Selection:
+    for name in args.env:
+        envs.get(name)  # unknown names are an error, not an empty run
+    return planmod.Selection(
+        device_types=tuple(args.device_type),
+        env_names=tuple(args.env),
+        tags=tuple(args.tag),
+        suites=tuple(args.suite),
+        globs=tuple(args.globs),
+    )
+
+
+def shard_args(args: argparse.Namespace) -> tuple[int, int] | None:
+    if args.total_shards is not None or args.shard_index is not None:
+        if args.total_shards is None or args.shard_index is None:
+            raise ConfigError("command line", None, "--shard-index/--total-shards",
+                              "give both, or neither")
+        return args.shard_index, args.total_shards
+    return planmod.shard_from_environment(os.environ)
+
+
+def durations(args: argparse.Namespace) -> dict[str, float] | None:
+    if not args.durations_from:
+        return None
+    from harness.report.summary import load_summary
+
+    run = load_summary(Path(args.durations_from))
+    return {r.key: r.duration_s for r in run.results}
+
+
+def build_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    specs, envs, tests = load_inputs(args)
+    plan = planmod.make_plan(specs, envs, selection(args, envs), check=requirement_check(tests))
+    return plan, envs, tests
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    plan, _envs, _tests = build_plan(args)
+    engines = make_engines()
+    placeholder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "harness-ENV"
+
+    def argv_for(run: planmod.PlannedRun) -> list[str] | None:
+        env = run.environment
+        try:
+            image = image_for(env, build=False)
+        except HarnessError:
+            image = _unbuilt_image(env)
+        from harness.runner import make_disk_paths
+
+        workdir = placeholder.with_name(f"harness-{env.name}")
+        return engines[env.engine].command(env, image, RunPaths(
+            workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
+
+    sharding = shard_args(args)
+    total = sharding[1] if sharding else 1
+    if args.json:
+        print(json.dumps(planmod.plan_json(plan, argv_for, total_shards=total,
+                                           durations=durations(args)), indent=1))
+    else:
+        print(planmod.plan_text(plan, argv_for, total_shards=total, durations=durations(args)))
+    return EXIT_OK
+
+
+def _unbuilt_image(env: Environment) -> GuestImage:
+    """Stand-in paths for `plan` before `harness images build` ran (the plan says so)."""
+    from harness.images import cache_dir
+
+    base = cache_dir() / "images" / f"{env.image.name}-{env.arch}-NOT-BUILT"
+    return GuestImage(name=env.image.name, arch=env.arch, kernel=base / "kernel",
+                      initrd=base / "initrd.cpio.gz", kernel_uncompressed=base / "kernel")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from harness.cli import default_out_dir, repro_base
+    from harness.report import write_reports
+    from harness.runner import Runner, RunOptions
+
+    plan, _envs, tests = build_plan(args)
+    runs = plan.runs
+    sharding = shard_args(args)
+    if sharding:
+        runs = planmod.shard(runs, sharding[0], sharding[1], durations=durations(args))
+        planmod.acknowledge_sharding(os.environ)
+    if args.jobs < 1:
+        raise ConfigError("command line", None, "--jobs", "must be at least 1")
+    out = Path(args.out) if args.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.out:
+        latest = out.parent / "latest"
+        if latest.is_symlink() or not latest.exists():
+            tmp = out.parent / f".latest.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(out.name)
+            os.replace(tmp, latest)
+    options = RunOptions(
+        out_dir=out, jobs=args.jobs, retries=args.retries,
+        log_cap=(args.log_cap_mib << 20) or None,
+        repro_base=repro_base(args), progress=not args.quiet,
+    )
+    if not runs:
+        print("harness: nothing selected to run", file=sys.stderr)
+    _say(args, f"harness: {len(runs)} test runs on "
+               f"{len({r.environment.name for r in runs})} environments, {args.jobs} at a time; "
+               f"results in {out}")
+    runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
+                    on_result=lambda r: write_reports(r))
+    result: RunResult = anyio.run(runner.run, backend="asyncio")
+    write_reports(result)
+    totals = result.totals()
+    _say(args, "harness: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v) +
+         f" in {result.duration_s:.1f} s; junit: {out / 'junit.xml'}")
+    if result.interrupted:
+        return 130 if runner.interrupted and "SIGINT" in runner.interrupted else 143
+    return EXIT_FAILED if result.blocking_failed else EXIT_OK
+
+
+def _say(args: argparse.Namespace, line: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(line, file=sys.stderr, flush=True)
+
+
+def images_command(args: argparse.Namespace) -> int:
+    from harness import images
+
+    if args.images_command == "list":
+        rows = images.list_images()
+        if not rows:
+            print("no images built yet: run `harness images build`")
+        for row in rows:
+            print(json.dumps(row))
+        return EXIT_OK
+    envs = envmod.load(args.environments)
+    wanted = sorted({(e.image.name, e.arch) for e in envs if e.image.embedded})
+    if args.arch:
+        wanted = [w for w in wanted if w[1] in args.arch]
+    if args.name:
+        wanted = [w for w in wanted if w[0] in args.name]
+    for name, arch in wanted:
+        image = images.build_image(name, arch, force=args.force)
+        print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
+    return EXIT_OK
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    envs = envmod.load(args.environments)
+    engines = make_engines()
+    report: dict[str, object] = {}
+
+    async def gather() -> None:
+        qemu = engines["qemu"]
+        assert isinstance(qemu, QemuEngine)
+        for arch in envmod.ARCHES:
+            binary = qemu.binary(arch)
+            version = ""
+            if binary:
+                proc = await anyio.run_process([binary, "--version"], check=False)
+                version = proc.stdout.decode(errors="replace").splitlines()[0]
+            report[f"qemu {arch}"] = {"binary": binary, "version": version}
+        for env in envs:
+            engine = engines[env.engine]
+            try:
+                reason = await engine.unavailable(env)
+            except HarnessError as e:
+                reason = str(e)
+            entry: dict[str, object] = {"engine": env.engine, "runs_here": reason is None,
+                                        "reason": reason, "accel": engine.accel(env)}
+            if env.engine == "qemu" and isinstance(engine, QemuEngine):
+                entry["kvm_verdict"] = engine.accel_reasons.get(env.arch) or \
+                    engine._cached_verdict(env.arch)[1]
+            report[f"environment {env.name}"] = entry
+        crosvm = engines["crosvm"]
+        doctor = getattr(crosvm, "doctor", None)
+        if doctor is not None:
+            report["crosvm"] = await doctor(envs)
+
+    anyio.run(gather, backend="asyncio")
+    from harness import images
+
+    report["images"] = images.list_images()
+    print(json.dumps(report, indent=1, default=str))
+    return EXIT_OK

@@ -1,0 +1,165 @@
+"""The command line. Thin: parses arguments, calls the library, maps errors to exit statuses.
+
+Exit statuses: 0 every blocking test passed; 1 a blocking test failed; 2 bad usage
+or input; 130/143 interrupted by SIGINT/SIGTERM (results are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import environments as envmod
+from harness.errors import ConfigError, HarnessError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tests", metavar="FILE", help="tests.json (Fuchsia test-spec format); "
+                   "default: the built-in suites")
+    p.add_argument("--environments", metavar="FILE",
+                   help=f"environments file (default: {envmod.DEFAULT_FILE})")
+    p.add_argument("--device-type", action="append", default=[], metavar="T",
+                   help="only environments of this device_type (crosvm, QEMU, ...)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME",
+                   help="only this environment (repeatable)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                   help="only environments carrying this tag")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME",
+                   help="only this suite (repeatable)")
+    p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
+                   help="only tests whose name matches (fnmatch; repeatable)")
+    p.add_argument("--shard-index", type=int, metavar="I",
+                   help="run shard I of --total-shards (also TEST_SHARD_INDEX, GTEST_SHARD_INDEX)")
+    p.add_argument("--total-shards", type=int, metavar="N")
+    p.add_argument("--durations-from", metavar="SUMMARY",
+                   help="balance shards by the durations in an earlier summary.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Boot crosvm and QEMU guests, run suites on their serial consoles, "
+                    "write JUnit and summary.json.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run tests and write results")
+    _selection_args(run)
+    run.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="guests running at once (default: number of cores)")
+    run.add_argument("--retries", type=int, default=0, help="re-run failed tests N times")
+    run.add_argument("--out", metavar="DIR", help="results directory (default: "
+                     "results/<UTC time>, with results/latest pointing at it)")
+    run.add_argument("--log-cap-mib", type=int, default=256,
+                     help="cap each serial log at this size (default 256 MiB; 0: no cap)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    plan = sub.add_parser("plan", help="show what would run, with each VMM command line")
+    _selection_args(plan)
+    plan.add_argument("--json", action="store_true")
+
+    images = sub.add_parser("images", help="build or list the embedded default guests")
+    isub = images.add_subparsers(dest="images_command", required=True)
+    b = isub.add_parser("build", help="build guest images (cached by content)")
+    b.add_argument("--arch", action="append", choices=envmod.ARCHES)
+    b.add_argument("--name", action="append")
+    b.add_argument("--force", action="store_true")
+    b.add_argument("--environments", metavar="FILE",
+                   help="build the images these environments use (default: all defaults)")
+    isub.add_parser("list", help="list built images")
+
+    doctor = sub.add_parser("doctor", help="engines found, versions, KVM verdict, images")
+    doctor.add_argument("--environments", metavar="FILE")
+
+    parse = sub.add_parser("parse", help="re-parse a saved serial log offline")
+    parse.add_argument("--profile", default="linux", choices=envmod.PROFILES)
+    parse.add_argument("--format", dest="fmt", help="output format (default: detect)")
+    parse.add_argument("log", help="serial log file")
+
+    merge = sub.add_parser("merge", help="combine shard results into one junit.xml/summary.json")
+    merge.add_argument("dirs", nargs="+")
+    merge.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except HarnessError as e:
+        print(f"harness: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from harness.app import run_command
+
+        return run_command(args)
+    if args.command == "plan":
+        from harness.app import plan_command
+
+        return plan_command(args)
+    if args.command == "images":
+        from harness.app import images_command
+
+        return images_command(args)
+    if args.command == "doctor":
+        from harness.app import doctor_command
+
+        return doctor_command(args)
+    if args.command == "parse":
+        from harness.parse_log import parse_log
+
+        path = Path(args.log)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
+        print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt), indent=1))
+        return EXIT_OK
+    if args.command == "merge":
+        from harness.report.merge import merge_runs
+
+        run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
+        print(f"merged {len(run.results)} results into {args.out}")
+        return EXIT_FAILED if run.blocking_failed else EXIT_OK
+    raise AssertionError(args.command)
+
+
+def default_out_dir() -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path("results") / f"{stamp}-{os.getpid()}"
+
+
+def repro_base(args: argparse.Namespace) -> list[str]:
+    """The argv that selects the same inputs again (the repro line adds --env and -k)."""
+    base = ["harness", "run"]
+    if args.tests:
+        base += ["--tests", str(Path(args.tests).resolve())]
+    if args.environments:
+        base += ["--environments", str(Path(args.environments).resolve())]
+    return base
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return shlex.join(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""The serial console: pexpect over the VMM's pty, a complete log, commands with exit status.
+
+Every wait includes the profile's crash signatures and EOF as extra patterns, so a
+kernel panic fails the wait the moment its line arrives (LAVA's approach) and a
+VMM that exits is noticed at once, never as a timeout. Matching is on bytes: a
+guest may print anything, and a split UTF-8 sequence must not raise.
+
+Memory stays bounded whatever the guest prints: pexpect searches only a window
+(`searchwindowsize`) and its "before" buffer is capped (`_BoundedBuffer`); the
+full text goes to the log file as it arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import secrets
+import shlex
+import time
+import tty
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import pexpect
+import pexpect.fdpexpect
+
+from harness.errors import HarnessError
+from harness.profiles import Crash, Profile
+
+SEARCH_WINDOW = 8192
+MAX_READ = 65536
+BEFORE_CAP = 4 << 20  # bytes of output kept for a command's result; the log has everything
+TAIL_BYTES = 16384
+_ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+
+
+class ConsoleError(HarnessError):
+    """A console wait ended without its pattern; carries the serial tail for the report."""
+
+    def __init__(self, message: str, tail: str) -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+class ConsoleTimeout(ConsoleError):
+    pass
+
+
+class ConsoleEOF(ConsoleError):
+    """The VMM closed the console: it exited (or was killed)."""
+
+
+class GuestCrashed(ConsoleError):
+    def __init__(self, crash: Crash, tail: str) -> None:
+        super().__init__(f"guest crashed: {crash.signature}", tail)
+        self.crash = crash
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    command: str
+    status: int
+    output: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class _BoundedBuffer(io.BytesIO):
+    """pexpect's before/buffer store, trimmed to its newest BEFORE_CAP bytes.
+
+    pexpect keeps everything since the last match in `_before`; a guest that
+    floods the console without a match would otherwise grow it without limit.
+    The position is always left at the end, which is all pexpect relies on.
+    """
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        n = super().write(b)
+        if self.tell() > 2 * BEFORE_CAP:
+            keep = self.getvalue()[-BEFORE_CAP:]
+            self.seek(0)
+            self.truncate()
+            super().write(keep)
+        return n
+
+
+class _Spawn(pexpect.fdpexpect.fdspawn):
+    buffer_type = _BoundedBuffer
+
+
+class SerialLog:
+    """The serial log on disk: every byte as it arrives, plus harness markers between boots.
+
+    Writes are unbuffered so that the log is complete even if the harness is killed.
+    A cap (bytes) can stop a flooding guest from filling the disk; the cut is noted.
+    """
+
+    def __init__(self, path: Path, cap: int | None = None) -> None:
+        self.path = path
+        self.cap = cap
+        self.written = 0
+        self.truncated = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with us
+        self._tail = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._tail += data
+        if len(self._tail) > 2 * TAIL_BYTES:
+            del self._tail[:-TAIL_BYTES]
+        if self.cap is not None and self.written + len(data) > self.cap:
+            room = max(0, self.cap - self.written)
+            if room:
+                self._file.write(data[:room])
+                self.written += room
+            if not self.truncated:
+                self.truncated = True
+                self._file.write(b"\n[harness: serial log capped at %d bytes; the rest was "
+                                 b"read and discarded]\n" % self.cap)
+            return len(data)
+        self._file.write(data)
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def redirect(self, path: Path) -> None:
+        """Continue the log in another file (the next test on a shared guest)."""
+        self._file.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115
+        self._tail.clear()
+
+    def mark(self, text: str) -> None:
+        """A visible harness line in the log (boot separators, test boundaries)."""
+        line = f"\n===== harness: {text} =====\n".encode()
+        self._file.write(line)
+        self._tail += line
+
+    def tail(self, n: int = 4096) -> str:
+        return bytes(self._tail[-n:]).decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def clean_output(data: bytes) -> str:
+    """Command output as text: escape sequences dropped, CR/LF normalised, bad bytes replaced."""
+    data = _ANSI.sub(b"", data)
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"")
+    return data.decode("utf-8", errors="replace")
+
+
+def open_console_pty() -> tuple[int, int]:
+    """A pty pair with the slave in raw mode: no echo or newline mangling by the host side."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave
+
+
+class Console:
+    """One guest's serial console across VMM launches (a crosvm reset relaunches the VMM)."""
+
+    def __init__(self, log: SerialLog, profile: Profile) -> None:
+        self.log = log
+        self.profile = profile
+        self._spawn: _Spawn | None = None
+        self._crash_re = profile.crash_regex()
+        self.crash_allowed = False
+
+    def attach(self, master_fd: int) -> None:
+        self.detach()
+        self._spawn = _Spawn(
+            master_fd,
+            logfile_read=self.log,
+            searchwindowsize=SEARCH_WINDOW,
+            maxread=MAX_READ,
+        )
+        self._spawn.delaybeforesend = None
+
+    def detach(self) -> None:
+        spawn, self._spawn = self._spawn, None
+        if spawn is None:
+            return
+        transport = getattr(spawn, "async_pw_transport", None)
+        if transport is not None:
+            transport[1].close()
+        else:
+            with contextlib.suppress(OSError):
+                spawn.close()
+
+    @property
+    def attached(self) -> bool:
+        return self._spawn is not None
+
+    def send(self, text: str) -> None:
+        if self._spawn is None:
+            raise ConsoleEOF("console is not attached (the VMM is not running)", self.log.tail())
+        self._spawn.send(text.encode())
+
+    def sendline(self, text: str) -> None:
+        self.send(text + self.profile.newline)
+
+    async def expect(
+        self, patterns: Sequence[bytes | re.Pattern[bytes]], timeout: float,
+        *, what: str = "pattern",
+    ) -> re.Match[bytes]:
+        """Wait for one of `patterns`; raise GuestCrashed, ConsoleEOF or ConsoleTimeout.
+
+        Returns the match; `self.before` holds what came before it.
+        """
+        spawn = self._spawn
+        if spawn is None:
+            raise ConsoleEOF(f"console closed while waiting for {what}", self.log.tail())
+        compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
+        n = len(compiled)
+        watch = [] if self.crash_allowed else [self._crash_re]
+        started = time.monotonic()
+        try:
+            index = await spawn.expect(
+                [*compiled, *watch, pexpect.EOF, pexpect.TIMEOUT], timeout=timeout, async_=True
+            )
+        except BaseException:
+            # Cancelled (deadline, interrupt): stop reading so nothing piles up unread.
+            transport = getattr(spawn, "async_pw_transport", None)
+            if transport is not None:
+                with contextlib.suppress(Exception):
+                    transport[1].pause_reading()
+            raise
+        if index < n:
+            self.before = spawn.before
+            return spawn.match  # type: ignore[no-any-return]
+        if watch and index == n:
+            await self._raise_crash(spawn, time.monotonic() - started)
+        if index == n + len(watch):
+            raise ConsoleEOF(f"the VMM closed the console while waiting for {what}",
+                             self.log.tail())
+        raise ConsoleTimeout(f"no {what} within {timeout:g} s", self.log.tail())
+
+    async def _raise_crash(self, spawn: _Spawn, _elapsed: float) -> None:
+        """Collect up to a second more (the panic's backtrace), then raise with the excerpt."""
+        start = max(0, len(spawn.before) - 4096)
+        collected = bytes(spawn.before[start:]) + bytes(spawn.after)
+        with contextlib.suppress(Exception):
+            await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=1.0, async_=True)
+            collected += spawn.before if isinstance(spawn.before, bytes) else b""
+        crash = self.profile.find_crash(collected)
+        if crash is None:  # the watch regex matched but the profile's finer scan did not
+            crash = Crash(signature="crash", excerpt=clean_output(collected[-4096:]), offset=0)
+        raise GuestCrashed(crash, self.log.tail())
+
+    async def wait_crash(self, timeout: float) -> Crash:
+        """Wait for a crash signature (a test that panics the guest on purpose)."""
+        self.crash_allowed = True
+        try:
+            await self.expect([self._crash_re], timeout, what="crash signature")
+            start = max(0, len(self.before) - 4096)
+            data = bytes(self.before[start:])
+        finally:
+            self.crash_allowed = False
+        spawn = self._spawn
+        extra = b""
+        if spawn is not None:
+            data += bytes(spawn.after)
+            with contextlib.suppress(Exception):
+                await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=1.0, async_=True)
+                extra = spawn.before if isinstance(spawn.before, bytes) else b""
+        crash = self.profile.find_crash(data + extra)
+        return crash or Crash(signature="crash", excerpt=clean_output(data), offset=0)
+
+    async def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        """Run `command` in the guest shell and return its exit status and output.
+
+        The markers are split by quotes when sent, so the terminal's echo of the
+        command line never contains them whole (labgrid); the status is printed
+        by a format string, so the echo holds `%d`, never digits (LAVA). `eval`
+        keeps the shell's state and turns a syntax error into a status.
+        """
+        token = secrets.token_hex(6)
+        begin, end = f"{token}B", f"{token}E"
+        line = (f"printf '%s\\n' {token}''B; eval {shlex.quote(command)}; "
+                f"printf '%s:%d\\n' {token}''E $?")
+        started = time.monotonic()
+        self.sendline(line)
+        await self.expect([re.compile(re.escape(begin.encode()) + rb"\r*\n")], timeout,
+                          what=f"start of command {command!r}")
+        remaining = max(0.1, timeout - (time.monotonic() - started))
+        m = await self.expect([re.compile(re.escape(end.encode()) + rb":(\d+)")], remaining,
+                              what=f"end of command {command!r}")
+        output = clean_output(bytes(self.before))
+        status = int(m.group(1))
+        # Let the prompt arrive so the next command starts from a quiet shell.
+        with contextlib.suppress(ConsoleTimeout):
+            await self.expect([self.profile.prompt], 5.0, what="prompt")
+        return CommandResult(command, status, output, time.monotonic() - started)

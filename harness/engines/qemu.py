@@ -1,0 +1,318 @@
+"""QEMU: argv built by a pure function, KVM only where a probe boot proved it, control over QMP.
+
+The console is QEMU's stdio chardev on a pty the harness created before the
+process started, so the first byte of boot output is already captured (the
+same effect as labgrid's `-S` + `cont`, with one mechanism for both engines).
+QMP is used for control and for events: a SHUTDOWN reason and GUEST_PANICKED
+tell apart a poweroff, a reset and a panic, which the exit status alone cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from qemu.qmp import EventListener, QMPClient
+
+from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kernel_args
+from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
+from harness.environments import Environment
+from harness.errors import HarnessError
+from harness.images.model import GuestImage
+
+BINARIES = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
+HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def qemu_command(
+    env: Environment, image: GuestImage, paths: RunPaths, *, accel: str, binary: str | None = None
+) -> list[str]:
+    """The exact QEMU argv for `env`: a pure function, printed for repro.
+
+    `-nodefaults` so that only the configured devices exist: device enumeration
+    compares what the guest sees with the configuration, and a stray default NIC
+    or VGA would make that comparison lie.
+    """
+    arch = env.arch
+    dev = env.devices
+    argv = [binary or BINARIES[arch]]
+    if arch == "x86_64":
+        argv += ["-M", "q35", "-cpu", "host" if accel == "kvm" else "max"]
+    else:
+        argv += ["-M", "virt", "-cpu", "host" if accel == "kvm" else "cortex-a57"]
+    argv += [
+        "-accel", accel,
+        "-smp", str(env.cpus),
+        "-m", str(env.memory_mib),
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-chardev", "stdio,id=con0,signal=off",
+        "-serial", "chardev:con0",
+    ]
+    # Extra UARTs: present but unconnected, as crosvm's COM2..COM4.
+    for i in range(1, int(dev.option("serial", "count", 1))):
+        argv += ["-chardev", f"null,id=ser{i}", "-serial", f"chardev:ser{i}"]
+    argv += ["-kernel", str(image.kernel)]
+    if image.initrd is not None:
+        argv += ["-initrd", str(image.initrd)]
+    argv += ["-append", " ".join(kernel_args(env))]
+    argv += ["-qmp", f"unix:{paths.workdir / 'qmp.sock'},server=on,wait=off"]
+    argv += ["-rtc", "base=utc"]
+    # A panic is the guest's to handle (panic=N in its command line resets it in
+    # place); QEMU still reports GUEST_PANICKED over QMP when pvpanic is there.
+    argv += ["-action", "panic=none" if env.panic_policy == "reset" else "panic=pause"]
+    for i, disk in enumerate(paths.disks):
+        argv += ["-drive", f"file={disk},if=none,format=raw,id=blk{i}",
+                 "-device", f"virtio-blk-pci,drive=blk{i}"]
+    if dev.has("virtio-net"):
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+    if dev.has("virtio-rng"):
+        argv += ["-device", "virtio-rng-pci"]
+    if dev.has("virtio-balloon"):
+        argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+    if dev.has("virtio-gpu"):
+        argv += ["-device", "virtio-gpu-pci"]
+    if dev.has("virtio-console"):
+        argv += ["-device", "virtio-serial-pci", "-chardev", "null,id=vcon0",
+                 "-device", "virtconsole,chardev=vcon0"]
+    if dev.has("virtio-vsock"):
+        argv += ["-device", f"vhost-vsock-pci,guest-cid={dev.option('virtio-vsock', 'cid', 3)}"]
+    if dev.has("pvpanic"):
+        argv += ["-device", "pvpanic" if arch == "x86_64" else "pvpanic-pci"]
+    if dev.has("xhci"):
+        argv += ["-device", "qemu-xhci"]
+    return argv
+
+
+class QemuVmm(ProcessVmm, Vmm):
+    """A running QEMU with its QMP connection and the events seen so far."""
+
+    def __init__(self, process: Any, qmp: QMPClient | None) -> None:
+        super().__init__(process)
+        self.qmp = qmp
+        self.shutdown_reason: str | None = None
+        self.panicked = False
+        self.events: list[dict[str, Any]] = []
+        self.listener = EventListener(("SHUTDOWN", "GUEST_PANICKED", "RESET"))
+        if qmp is not None:
+            qmp.register_listener(self.listener)
+
+    def attach_qmp(self, qmp: QMPClient | None) -> None:
+        self.qmp = qmp
+        if qmp is not None:
+            qmp.register_listener(self.listener)
+
+    async def drain_events(self) -> list[dict[str, Any]]:
+        """Take the events queued so far (SHUTDOWN reasons, GUEST_PANICKED, RESET)."""
+        new = []
+        while not self.listener.empty():
+            event = dict(await self.listener.get())
+            new.append(event)
+            if event["event"] == "SHUTDOWN":
+                self.shutdown_reason = event.get("data", {}).get("reason")
+            elif event["event"] == "GUEST_PANICKED":
+                self.panicked = True
+        self.events += new
+        return new
+
+    async def _execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0
+                       ) -> Any:
+        if self.qmp is None:
+            raise HarnessError("QMP is not connected")
+        try:
+            with anyio.fail_after(timeout):
+                return await self.qmp.execute(cmd, args)
+        except TimeoutError:
+            raise HarnessError(f"QMP {cmd} did not answer within {timeout:g} s") from None
+        except Exception as e:  # qemu.qmp raises its own hierarchy; keep the message.
+            raise HarnessError(f"QMP {cmd} failed: {e}") from e
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(HarnessError):
+            await self._execute("quit", timeout=timeout)
+        with anyio.move_on_after(timeout):
+            await self.wait()
+        await self.kill()
+
+    async def power_button(self) -> None:
+        await self._execute("system_powerdown")
+
+    async def balloon(self, size_bytes: int) -> None:
+        """Set the guest's memory to `size_bytes` (QEMU's balloon value is the target size)."""
+        await self._execute("balloon", {"value": int(size_bytes)})
+
+    async def balloon_stats(self) -> dict[str, Any]:
+        info = await self._execute("query-balloon")
+        return {"actual": int(info["actual"])}
+
+    async def suspend(self) -> None:
+        await self._execute("stop")
+
+    async def resume(self) -> None:
+        await self._execute("cont")
+
+    async def kill(self) -> None:
+        if self.qmp is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                with anyio.move_on_after(1):
+                    await self.qmp.disconnect()
+        await kill_and_reap(self.process)
+
+    async def exit_info(self, rc: int) -> ExitInfo:
+        """QEMU exits 0 for a poweroff and for a host quit; QMP says which, and if it panicked."""
+        await self.drain_events()
+        if rc < 0:
+            return ExitInfo(ExitKind.KILLED, rc, f"QEMU {describe_returncode(rc)}")
+        if self.panicked:
+            return ExitInfo(ExitKind.PANIC, rc, "guest panicked (QMP GUEST_PANICKED)")
+        if rc == 0:
+            if self.shutdown_reason in ("guest-reset", "host-qmp-system-reset"):
+                return ExitInfo(ExitKind.RESET, rc, "guest reset (QEMU exited on reset)")
+            why = self.shutdown_reason or "no SHUTDOWN event seen"
+            return ExitInfo(ExitKind.STOP, rc, f"QEMU stopped ({why})")
+        return ExitInfo(ExitKind.ERROR, rc, f"QEMU failed with {describe_returncode(rc)}")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("HARNESS_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg or Path.home() / ".cache") / "crosvm-harness"
+
+
+class QemuEngine(Engine):
+    name = "qemu"
+
+    def __init__(self) -> None:
+        # Verdicts per arch, filled by resolve_accel (a probe boot) or from the cache.
+        self.accels: dict[str, str] = {}
+        self.accel_reasons: dict[str, str] = {}
+
+    def binary(self, arch: str) -> str | None:
+        return shutil.which(BINARIES[arch])
+
+    def accel(self, env: Environment) -> str:
+        if env.accel != "auto":
+            return env.accel
+        return self.accels.get(env.arch) or self._cached_verdict(env.arch)[0] or "tcg"
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+        return qemu_command(env, image, paths, accel=self.accel(env),
+                            binary=self.binary(env.arch) or BINARIES[env.arch])
+
+    async def unavailable(self, env: Environment) -> str | None:
+        if self.binary(env.arch) is None:
+            pkg = "qemu-system-x86" if env.arch == "x86_64" else "qemu-system-arm"
+            return f"{BINARIES[env.arch]} not found on PATH (Debian package {pkg})"
+        if env.accel == "kvm":
+            verdict, reason = await self.kvm_verdict(env)
+            if verdict != "kvm":
+                return f"environment requires KVM, which does not work here: {reason}"
+        return None
+
+    async def launch(
+        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
+    ) -> QemuVmm:
+        if env.accel == "auto" and env.arch not in self.accels:
+            await self.kvm_verdict(env)
+        argv = self.command(env, image, paths)
+        qmp_path = paths.workdir / "qmp.sock"
+        with contextlib.suppress(FileNotFoundError):
+            qmp_path.unlink()
+        process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
+        vmm = QemuVmm(process, None)
+        try:
+            vmm.attach_qmp(await self._connect_qmp(qmp_path, process))
+        except BaseException:
+            await kill_and_reap(process)
+            raise
+        return vmm
+
+    async def _connect_qmp(self, path: Path, process: Any) -> QMPClient | None:
+        """Connect to QMP once QEMU has created the socket; None if QEMU died first."""
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            if process.returncode is not None:
+                return None
+            if time.monotonic() > deadline:
+                raise HarnessError(f"QEMU did not create its QMP socket {path} within 10 s")
+            await anyio.sleep(0.01)
+        client = QMPClient("harness")
+        try:
+            with anyio.fail_after(10):
+                await client.connect(str(path))
+        except Exception as e:
+            if process.returncode is not None:
+                return None
+            raise HarnessError(f"cannot connect to QEMU's QMP socket {path}: {e}") from e
+        return client
+
+    def classify_exit(self, returncode: int) -> ExitInfo:
+        if returncode < 0:
+            return ExitInfo(ExitKind.KILLED, returncode, f"QEMU {describe_returncode(returncode)}")
+        if returncode == 0:
+            return ExitInfo(ExitKind.STOP, 0, "QEMU exited normally")
+        return ExitInfo(ExitKind.ERROR, returncode,
+                        f"QEMU failed with {describe_returncode(returncode)}")
+
+    # -- KVM verdict -------------------------------------------------------------------------
+
+    def _verdict_key(self, arch: str) -> str:
+        binary = self.binary(arch) or ""
+        st = os.stat(binary) if binary else None
+        kvm = os.path.exists("/dev/kvm")
+        return f"{platform.release()}|{binary}|{st.st_mtime_ns if st else 0}|{kvm}|{arch}"
+
+    def _verdict_file(self) -> Path:
+        return _cache_dir() / "kvm-verdict.json"
+
+    def _cached_verdict(self, arch: str) -> tuple[str | None, str]:
+        try:
+            data = json.loads(self._verdict_file().read_text())
+            entry = data[self._verdict_key(arch)]
+            return entry["accel"], entry["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, "not probed yet"
+
+    def _store_verdict(self, arch: str, accel: str, reason: str) -> None:
+        path = self._verdict_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[self._verdict_key(arch)] = {"accel": accel, "reason": reason, "when": time.time()}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+    async def kvm_verdict(self, env: Environment) -> tuple[str, str]:
+        """'kvm' only when a real probe boot under KVM reached the boot marker; cached on disk."""
+        arch = env.arch
+        if arch in self.accels:
+            return self.accels[arch], self.accel_reasons[arch]
+        accel, reason = self._cached_verdict(arch)
+        if accel is None:
+            accel, reason = await self._probe(env)
+            self._store_verdict(arch, accel, reason)
+        self.accels[arch], self.accel_reasons[arch] = accel, reason
+        return accel, reason
+
+    async def _probe(self, env: Environment) -> tuple[str, str]:
+        host = HOST_ARCH.get(platform.machine(), platform.machine())
+        if host != env.arch:
+            return "tcg", f"host is {host}: KVM cannot run {env.arch} guests"
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return "tcg", "/dev/kvm is missing or not accessible"
+        from harness.kvmprobe import probe_boot
+
+        ok, why = await probe_boot(self, env)
+        return ("kvm", why) if ok else ("tcg", why)

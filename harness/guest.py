@@ -1,0 +1,256 @@
+"""A booted guest: what a suite sees. Console + engine control + lifecycle.
+
+Reboots are the engine's business, not the suite's: QEMU resets in place and
+the same process carries on; crosvm exits with 32 and the Guest launches it
+again on a fresh pty, logging a visible separator into the same serial log.
+Either way `reboot()` returns when the new boot reached its shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from harness.console import (
+    CommandResult,
+    Console,
+    ConsoleEOF,
+    ConsoleTimeout,
+    SerialLog,
+    open_console_pty,
+)
+from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.environments import Environment
+from harness.errors import HarnessError
+from harness.images.model import GuestImage
+from harness.profiles import Crash, Profile, get_profile
+
+_BOOT_ID = re.compile(rb"boot_id=([0-9a-f-]+)")
+
+
+class BootTimeout(HarnessError):
+    def __init__(self, message: str, tail: str) -> None:
+        super().__init__(message)
+        self.tail = tail
+
+
+class GuestExited(HarnessError):
+    """The VMM exited when the test did not expect it to."""
+
+    def __init__(self, info: ExitInfo, tail: str, stderr: str = "") -> None:
+        super().__init__(f"the VMM exited unexpectedly: {info.explanation}")
+        self.info = info
+        self.tail = tail
+        self.stderr = stderr
+
+
+@dataclasses.dataclass
+class Boot:
+    index: int
+    launched_at: float
+    ready_s: float = 0.0
+    boot_id: str = ""
+    relaunch: bool = False
+
+
+def private_workdir(prefix: str = "harness-") -> Path:
+    """A fresh 0700 directory for sockets and disks in flight; unique per guest and run."""
+    base = os.environ.get("XDG_RUNTIME_DIR") if os.environ.get("XDG_RUNTIME_DIR") else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+class Guest:
+    def __init__(
+        self,
+        env: Environment,
+        engine: Engine,
+        image: GuestImage,
+        serial_log: Path,
+        *,
+        workdir: Path | None = None,
+        disks: Sequence[Path] = (),
+        log_cap: int | None = None,
+        own_workdir: bool | None = None,
+    ) -> None:
+        self.env = env
+        self.engine = engine
+        self.image = image
+        self.profile: Profile = get_profile(env.profile)
+        self.workdir = workdir or private_workdir(f"harness-{env.name}-")
+        self._own_workdir = workdir is None if own_workdir is None else own_workdir
+        self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
+        self.log = SerialLog(serial_log, cap=log_cap)
+        self.console = Console(self.log, self.profile)
+        self.vmm: Vmm | None = None
+        self.boots: list[Boot] = []
+        self.exits: list[ExitInfo] = []
+        self.command_line: list[str] = engine.command(env, image, self.paths)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _launch(self, *, relaunch: bool = False) -> None:
+        master, slave = open_console_pty()
+        try:
+            self.vmm = await self.engine.launch(self.env, self.image, self.paths, slave)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self.console.attach(master)
+        self.boots.append(Boot(len(self.boots) + 1, time.monotonic(), relaunch=relaunch))
+
+    async def start(self) -> Boot:
+        """Launch the VMM and wait for the first boot to reach the shell."""
+        self.log.mark(f"boot 1: {self.env.name} ({self.env.engine}, {self.env.arch})")
+        await self._launch()
+        return await self.wait_boot(self.env.boot_timeout_s)
+
+    async def wait_boot(self, timeout: float) -> Boot:
+        """Wait for the boot marker and the prompt, relaunching the VMM after a reset exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BootTimeout(f"no boot marker within {timeout:g} s", self.log.tail())
+            try:
+                await self.console.expect([self.profile.boot_marker], remaining,
+                                          what="boot marker")
+                break
+            except ConsoleTimeout as e:
+                raise BootTimeout(f"no boot marker within {timeout:g} s", e.tail) from None
+            except ConsoleEOF:
+                info = await self._reap()
+                if info.kind == ExitKind.RESET and self.engine.name == "crosvm":
+                    await self.relaunch(info)
+                    continue
+                raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
+        boot = self.boots[-1]
+        m = _BOOT_ID.search(bytes(self.console._spawn.after) if self.console._spawn else b"")
+        if m:
+            boot.boot_id = m.group(1).decode()
+        await self.console.expect([self.profile.prompt], max(5.0, deadline - time.monotonic()),
+                                  what="shell prompt")
+        boot.ready_s = time.monotonic() - boot.launched_at
+        return boot
+
+    async def relaunch(self, info: ExitInfo) -> None:
+        """crosvm leaves the restart to its caller: launch again, same serial log."""
+        n = len(self.boots) + 1
+        self.log.mark(f"boot {n}: relaunching {self.env.engine} after {info.explanation}")
+        await self._launch(relaunch=True)
+
+    async def _reap(self, timeout: float = 10.0) -> ExitInfo:
+        """The VMM closed its console: wait for its exit and classify it."""
+        vmm = self.vmm
+        if vmm is None:
+            raise HarnessError("no VMM")
+        with anyio.move_on_after(timeout):
+            await vmm.wait()
+        await vmm.kill()  # kills if still running; always closes the control channel
+        rc = vmm.returncode if vmm.returncode is not None else -9
+        exit_info = getattr(vmm, "exit_info", None)
+        info = await exit_info(rc) if exit_info else self.engine.classify_exit(rc)
+        self.exits.append(info)
+        self.console.detach()
+        return info
+
+    async def wait_exit(self, timeout: float) -> ExitInfo:
+        """Wait for the VMM to exit (after a shutdown request); kill it at the deadline."""
+        vmm = self.vmm
+        if vmm is None:
+            return self.exits[-1]
+        if vmm.returncode is None:
+            with anyio.move_on_after(timeout):
+                # Keep the console drained while waiting, so the VMM never blocks on output.
+                with contextlib.suppress(ConsoleEOF, ConsoleTimeout):
+                    await self.console.expect([re.compile(rb"(?!x)x")], timeout, what="exit")
+                await vmm.wait()
+        if vmm.returncode is None:
+            tail = self.log.tail()
+            await vmm.kill()
+            raise ConsoleTimeout(f"the VMM did not exit within {timeout:g} s", tail)
+        return await self._reap()
+
+    # -- what tests do -------------------------------------------------------------------------
+
+    async def run(self, command: str, timeout: float = 60.0) -> CommandResult:
+        try:
+            return await self.console.run(command, timeout)
+        except ConsoleEOF:
+            info = await self._reap()
+            raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
+
+    async def check(self, command: str, timeout: float = 60.0) -> str:
+        """Run `command`; a non-zero status fails the test with its output."""
+        result = await self.run(command, timeout)
+        assert result.status == 0, (
+            f"`{command}` exited {result.status}:\n{result.output[-2000:]}")
+        return result.output
+
+    async def reboot(self, timeout: float | None = None) -> Boot:
+        """Guest-initiated reboot; returns the new boot once its shell is up."""
+        before = len(self.boots)
+        old_id = self.boots[-1].boot_id if self.boots else ""
+        self.console.sendline(self.profile.reboot_command)
+        boot = await self.wait_boot(timeout or self.env.boot_timeout_s)
+        if self.engine.name == "qemu" and len(self.boots) == before:
+            # QEMU reset in place: same process, a new boot in the same log.
+            boot = Boot(before + 1, boot.launched_at, boot.ready_s, boot.boot_id)
+            self.boots.append(boot)
+        if old_id and boot.boot_id == old_id:
+            raise HarnessError(f"boot_id unchanged ({old_id}): the guest did not really reboot")
+        return boot
+
+    async def shutdown(self, timeout: float = 120.0) -> ExitInfo:
+        """Guest-initiated power-off; returns how the VMM exited."""
+        self.console.sendline(self.profile.shutdown_command)
+        return await self.wait_exit(timeout)
+
+    async def power_button(self) -> None:
+        if self.vmm is None:
+            raise HarnessError("the VMM is not running")
+        await self.vmm.power_button()
+
+    async def stop(self, timeout: float = 10.0) -> ExitInfo:
+        """Host stop (`crosvm stop`, QMP quit): the guest is not told."""
+        if self.vmm is None:
+            return self.exits[-1]
+        await self.vmm.stop(timeout)
+        return await self._reap()
+
+    async def panic(self, timeout: float = 30.0) -> Crash:
+        """Make the guest kernel panic and wait for the crash signature."""
+        if self.profile.panic_command is None:
+            raise HarnessError(f"profile {self.profile.name} has no way to panic the guest")
+        self.console.sendline(self.profile.panic_command)
+        return await self.console.wait_crash(timeout)
+
+    def vmm_stderr(self, limit: int = 4000) -> str:
+        try:
+            return self.paths.stderr_log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    @property
+    def running(self) -> bool:
+        return self.vmm is not None and self.vmm.returncode is None
+
+    async def close(self) -> None:
+        """Tear down whatever is left: kill the VMM group, close the log, remove the workdir."""
+        with anyio.CancelScope(shield=True):
+            if self.vmm is not None and self.vmm.returncode is None:
+                await self.vmm.kill()
+            self.console.detach()
+            self.log.close()
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)

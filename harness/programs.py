@@ -1,0 +1,37 @@
+"""tests.json entries that name a `path`: run the program in the guest and parse its output.
+
+The format comes from the entry (an unknown field `format`, which Fuchsia's
+readers ignore) or is sniffed from the output; with no recognisable format,
+the exit status alone decides, as Fuchsia's runtests does for plain binaries.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from harness.results import Status
+from harness.suite import TestContext
+
+
+async def run_program(t: TestContext) -> None:
+    from harness.parsers import FORMATS, detect
+
+    spec = t.spec
+    timeout = float(spec.timeout_secs or 600)
+    args = t.params.get("args") or []
+    command = shlex.join([spec.path, *[str(a) for a in args]])
+    result = await t.guest.run(command, timeout=timeout)
+    (t.folder / "program-output.txt").write_text(result.output)
+    fmt = t.params.get("format") or detect(result.output)
+    t.prop("exit_status", result.status)
+    if fmt:
+        if fmt not in FORMATS:
+            raise AssertionError(f"tests.json names format {fmt!r}; known: {', '.join(FORMATS)}")
+        t.prop("format", fmt)
+        for case in FORMATS[fmt](result.output):
+            t.cases.append(case)
+    failed = [c.name for c in t.cases if c.status == Status.FAIL]
+    assert result.status == 0, (
+        f"{spec.path} exited {result.status}"
+        + (f"; failed cases: {', '.join(failed[:10])}" if failed else "")
+        + f"\n{result.output[-2000:]}")

@@ -1,0 +1,415 @@
+"""The scheduler: anyio task group, a capacity limit, deadlines, retries, cancellation.
+
+Tests that may share a guest run one after another on a single boot per
+environment; the rest get a guest each. Every guest runs under the capacity
+limiter, so `--jobs N` bounds the number of VMMs alive at once. A result is
+written to disk as soon as it exists, so an interrupt or a crash of the
+harness itself never loses what already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import anyio
+
+from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
+from harness.engines.base import Engine
+from harness.environments import Environment
+from harness.errors import HarnessError
+from harness.guest import BootTimeout, Guest, GuestExited
+from harness.images.model import GuestImage
+from harness.plan import PlannedRun
+from harness.results import Attempt, RunResult, Status, TestResult
+from harness.suite import Skip, SuiteTest, TestContext
+from harness.textsafe import terminal_safe
+
+DISK_PATTERN_OFFSET = 1 << 20  # where the host writes its pattern before boot
+
+
+@dataclasses.dataclass
+class RunOptions:
+    out_dir: Path
+    jobs: int = os.cpu_count() or 1
+    retries: int = 0
+    log_cap: int | None = 256 << 20
+    repro_base: Sequence[str] = ()  # argv that selects the same inputs, for repro lines
+    progress: bool = True
+    keep_going_on_interrupt: bool = False
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class _EnvState:
+    """Per-environment facts computed once per run: skip reason and image."""
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.checked = False
+        self.unavailable: str | None = None
+        self.image: GuestImage | None = None
+        self.image_error: str | None = None
+
+
+class Runner:
+    def __init__(
+        self,
+        runs: Sequence[PlannedRun],
+        tests: Mapping[str, SuiteTest],
+        engines: Mapping[str, Engine],
+        options: RunOptions,
+        *,
+        image_for: Callable[[Environment], GuestImage],
+        on_result: Callable[[RunResult], None] | None = None,
+    ) -> None:
+        self.runs = list(runs)
+        self.tests = tests
+        self.engines = engines
+        self.opt = options
+        self.image_for = image_for
+        self.on_result = on_result
+        self.results: dict[str, TestResult] = {}
+        self.envs: dict[str, _EnvState] = {}
+        self.limiter = anyio.CapacityLimiter(max(1, options.jobs))
+        self.interrupted: str | None = None
+        self.started = _now()
+        self._t0 = time.monotonic()
+        self._last_write = 0.0
+
+    # -- public --------------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        self.opt.out_dir.mkdir(parents=True, exist_ok=True)
+        for r in self.runs:
+            self.results[r.key] = self._blank(r)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._watch_signals, outer.cancel_scope)
+            async with anyio.create_task_group() as tg:
+                for group in self._groups():
+                    tg.start_soon(self._run_group, group)
+            outer.cancel_scope.cancel()
+        for r in self.runs:
+            res = self.results[r.key]
+            if not res.attempts:
+                why = f"not run: {self.interrupted}" if self.interrupted else "not run"
+                res.attempts.append(Attempt(Status.ABORT, message=why))
+        result = self.snapshot()
+        if self.on_result:
+            self.on_result(result)
+        return result
+
+    def snapshot(self) -> RunResult:
+        return RunResult(
+            results=[self.results[r.key] for r in self.runs],
+            out_dir=self.opt.out_dir,
+            interrupted=self.interrupted is not None,
+            started=self.started,
+            duration_s=time.monotonic() - self._t0,
+        )
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _groups(self) -> list[list[PlannedRun]]:
+        """Shareable tests of one environment form one group (one guest); others run alone."""
+        shared: dict[str, list[PlannedRun]] = {}
+        groups: list[list[PlannedRun]] = []
+        for r in self.runs:
+            test = self.tests.get(r.spec.name)
+            if test is not None and test.shares_guest and r.skip_reason is None:
+                shared.setdefault(r.environment.name, []).append(r)
+            else:
+                groups.append([r])
+        # Long groups first: they bound the run's wall time.
+        return sorted(shared.values(), key=len, reverse=True) + groups
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.interrupted = f"interrupted by {signal.Signals(signum).name}"
+                self._say(f"\n{self.interrupted}: stopping every guest and writing results")
+                scope.cancel()
+                return
+
+    async def _env_state(self, env: Environment) -> _EnvState:
+        state = self.envs.setdefault(env.name, _EnvState())
+        async with state.lock:
+            if not state.checked:
+                state.checked = True
+                engine = self.engines.get(env.engine)
+                if engine is None:
+                    state.unavailable = f"no engine named {env.engine}"
+                else:
+                    try:
+                        state.unavailable = await engine.unavailable(env)
+                    except HarnessError as e:
+                        state.unavailable = str(e)
+                if state.unavailable is None:
+                    try:
+                        state.image = await anyio.to_thread.run_sync(self.image_for, env)
+                    except HarnessError as e:
+                        state.image_error = str(e)
+        return state
+
+    async def _run_group(self, group: list[PlannedRun]) -> None:
+        async with self.limiter:
+            shared: Guest | None = None
+            try:
+                for run in group:
+                    shared = await self._run_one(run, shared, sharing=len(group) > 1)
+            finally:
+                if shared is not None:
+                    await shared.close()
+
+    async def _run_one(self, run: PlannedRun, shared: Guest | None, *, sharing: bool
+                       ) -> Guest | None:
+        """Run every attempt of one test; returns the guest the next shared test may reuse."""
+        result = self.results[run.key]
+        for n in range(self.opt.retries + 1):
+            attempt, shared = await self._attempt(run, n, shared if n == 0 else None,
+                                                  sharing=sharing and n == 0)
+            result.attempts.append(attempt)
+            if attempt.status.ok or self.interrupted:
+                break
+            self._say(f"        retrying {run.key} (attempt {n + 2})")
+        self._finished(result)
+        return shared
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def _folder(self, run: PlannedRun, n: int) -> Path:
+        folder = self.opt.out_dir / safe_name(run.environment.name) / safe_name(run.spec.name)
+        if n:
+            folder = folder / f"attempt-{n + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    async def _attempt(self, run: PlannedRun, n: int, shared: Guest | None, *, sharing: bool
+                       ) -> tuple[Attempt, Guest | None]:
+        env = run.environment
+        folder = self._folder(run, n)
+        attempt = Attempt(Status.PASS, start_time=_now())
+        t0 = time.monotonic()
+        result = self.results[run.key]
+        result.folder = str(folder.relative_to(self.opt.out_dir).parts[0]) + "/" + \
+            safe_name(run.spec.name)
+        if run.skip_reason:
+            attempt.status, attempt.message = Status.SKIP, run.skip_reason
+            return attempt, shared
+        state = await self._env_state(env)
+        if state.unavailable:
+            attempt.status, attempt.message = Status.SKIP, state.unavailable
+            return attempt, shared
+        if state.image_error or state.image is None:
+            attempt.status = Status.INFRA_FAIL
+            attempt.message = f"guest image unavailable: {state.image_error}"
+            return attempt, shared
+        engine = self.engines[env.engine]
+        result.accel = engine.accel(env)
+        result.kernel = state.image.kernel_version
+        test = self.tests.get(run.spec.name)
+        guest = shared if (shared is not None and shared.running) else None
+        keep: Guest | None = None
+        timeout = float(run.spec.timeout_secs or (test.timeout_s if test else 300.0))
+        try:
+            if guest is None:
+                if shared is not None:
+                    await shared.close()
+                guest = self._new_guest(env, engine, state.image, folder)
+                (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
+                with anyio.fail_after(env.boot_timeout_s + 30):
+                    boot = await guest.start()
+                attempt.properties["boot_s"] = f"{boot.ready_s:.3f}"
+            else:
+                guest.log.redirect(folder / "serial.log")
+                guest.log.mark(f"test {run.spec.name}: guest shared, booted earlier")
+                (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
+            ctx = TestContext(guest=guest, env=env, spec=run.spec, folder=folder,
+                              params=dict(getattr(run.spec, "extra", {}) or {}))
+            func = test.func if test else _program_test
+            try:
+                with anyio.fail_after(timeout):
+                    await func(ctx)
+            finally:
+                attempt.cases = ctx.cases
+                attempt.properties.update(ctx.properties)
+                if ctx.notes:
+                    attempt.details = "\n".join(ctx.notes)
+            failed = [c for c in ctx.cases if c.status == Status.FAIL]
+            if failed:
+                attempt.status = Status.FAIL
+                attempt.message = f"{len(failed)} of {len(ctx.cases)} cases failed: " + \
+                    ", ".join(c.name for c in failed[:5])
+            if sharing and guest.running and attempt.status == Status.PASS:
+                keep = guest
+        except Skip as e:
+            attempt.status, attempt.message = Status.SKIP, str(e)
+            keep = guest if sharing and guest is not None and guest.running else None
+        except AssertionError as e:
+            attempt.status = Status.FAIL
+            attempt.message = _first_line(str(e)) or "assertion failed"
+            attempt.details = _assert_details(e)
+        except GuestCrashed as e:
+            attempt.status = Status.FAIL
+            attempt.message = f"guest crashed: {e.crash.signature}"
+            attempt.details = e.crash.excerpt
+        except BootTimeout as e:
+            attempt.status = Status.ABORT
+            attempt.message = str(e)
+            attempt.details = e.tail
+        except GuestExited as e:
+            attempt.status = Status.INFRA_FAIL if e.info.infra else Status.FAIL
+            attempt.message = str(e)
+            attempt.details = (e.stderr and f"VMM stderr:\n{e.stderr}\n") + e.tail
+        except (ConsoleTimeout, ConsoleEOF) as e:
+            attempt.status = Status.ABORT if isinstance(e, ConsoleTimeout) else Status.FAIL
+            attempt.message = str(e)
+            attempt.details = e.tail
+        except TimeoutError:
+            attempt.status = Status.ABORT
+            attempt.message = f"test deadline of {timeout:g} s exceeded"
+        except HarnessError as e:
+            attempt.status, attempt.message = Status.INFRA_FAIL, str(e)
+        except anyio.get_cancelled_exc_class():
+            attempt.status = Status.ABORT
+            attempt.message = self.interrupted or "cancelled"
+            with anyio.CancelScope(shield=True):
+                await self._wrap_up(attempt, guest, None, folder, t0)
+            self.results[run.key].attempts.append(attempt)
+            raise
+        except Exception as e:  # a bug in a suite or in the harness: say so, keep running
+            attempt.status = Status.INFRA_FAIL
+            attempt.message = f"harness error: {type(e).__name__}: {e}"
+            attempt.details = traceback.format_exc()
+        await self._wrap_up(attempt, guest, keep, folder, t0)
+        return attempt, keep
+
+    def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, folder: Path
+                   ) -> Guest:
+        from harness.guest import private_workdir
+
+        workdir = private_workdir(f"harness-{safe_name(env.name)}-")
+        disks = make_disks(env, workdir)
+        return Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
+                     log_cap=self.opt.log_cap, own_workdir=True)
+
+    async def _wrap_up(self, attempt: Attempt, guest: Guest | None, keep: Guest | None,
+                       folder: Path, t0: float) -> None:
+        attempt.duration_s = time.monotonic() - t0
+        if guest is None:
+            return
+        attempt.serial_tail = guest.log.tail(8192)
+        attempt.artifacts["serial.log"] = str(folder / "serial.log")
+        if guest is not keep:
+            await guest.close()
+        err = guest.vmm_stderr(1 << 20) if guest is not keep else ""
+        if err:
+            (folder / "vmm-stderr.log").write_text(err)
+
+    def _finished(self, result: TestResult) -> None:
+        self._say(progress_line(result, self._done(), len(self.runs)))
+        if not result.status.ok and result.repro:
+            self._say(f"        repro: {result.repro}")
+        if self.on_result and time.monotonic() - self._last_write > 0.5:
+            self._last_write = time.monotonic()
+            self.on_result(self.snapshot())
+
+    def _done(self) -> int:
+        return sum(1 for r in self.results.values() if r.attempts)
+
+    def _blank(self, r: PlannedRun) -> TestResult:
+        test = self.tests.get(r.spec.name)
+        env = r.environment
+        res = TestResult(
+            test=r.spec.name,
+            suite=test.suite if test else (r.spec.suite or "tests.json"),
+            environment=env.name,
+            engine=env.engine,
+            arch=env.arch,
+            blocking=env.blocking,
+            label=r.spec.label,
+            tags={"device_type": env.device_type, "devices": env.devices.name},
+        )
+        if self.opt.repro_base:
+            res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,
+                                    "-k", r.spec.name])
+        return res
+
+    def _say(self, line: str) -> None:
+        if self.opt.progress:
+            print(line, file=sys.stderr, flush=True)
+
+
+def progress_line(result: TestResult, done: int, total: int) -> str:
+    status = "FLAKY" if result.flaky else result.status.value
+    width = len(str(total))
+    line = (f"[{done:>{width}}/{total}] {status:<10} {result.environment:<16} {result.test} "
+            f"({result.duration_s:.1f} s)")
+    if result.status != Status.PASS and result.final.message:
+        line += f": {terminal_safe(result.final.message)[:200]}"
+    return line
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a test or environment name (guest text never picks paths)."""
+    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
+    return out[:120] or "_"
+
+
+def make_disk_paths(env: Environment, workdir: Path) -> list[Path]:
+    """Where the configured virtio-blk disks live (pure: `plan` prints them)."""
+    if not env.devices.has("virtio-blk"):
+        return []
+    count = int(env.devices.option("virtio-blk", "count", 1))
+    return [workdir / f"disk{i}.img" for i in range(count)]
+
+
+def make_disks(env: Environment, workdir: Path) -> list[Path]:
+    """Raw disk images for the configured virtio-blk devices, each carrying a host pattern.
+
+    The pattern lets a test check that the guest reads what the host wrote before boot.
+    """
+    size = int(env.devices.option("virtio-blk", "size_mib", 64)) << 20
+    disks = make_disk_paths(env, workdir)
+    for i, path in enumerate(disks):
+        with open(path, "wb") as f:
+            f.truncate(size)
+            f.seek(DISK_PATTERN_OFFSET)
+            f.write(host_pattern(env.name, i))
+    return disks
+
+
+def host_pattern(env_name: str, index: int) -> bytes:
+    return f"HARNESS-HOST-PATTERN {env_name} disk{index}\n".encode().ljust(512, b".")
+
+
+async def _program_test(ctx: TestContext) -> None:
+    """A tests.json entry with a `path`: run it in the guest and parse its output."""
+    from harness.programs import run_program
+
+    await run_program(ctx)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _assert_details(e: AssertionError) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = ""
+    for frame in reversed(tb):
+        if "/suites/" in frame.filename or "/tests/" in frame.filename:
+            where = f"{frame.filename}:{frame.lineno}: {frame.line}"
+            break
+    return f"{where}\n{e}".strip()
+

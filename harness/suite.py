@@ -1,0 +1,174 @@
+"""How suites declare tests: `@guest_test(...)` on `async def test(t: TestContext)`.
+
+A test states what it needs (arches, profiles, devices, engines) so the plan
+skips it, with the reason, where an environment cannot run it. It states
+whether it may share a booted guest with other tests of the same environment
+(most read-only checks can; anything that reboots, panics or powers off cannot),
+which is where most of a run's time is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.environments import Environment
+from harness.results import Case, Status
+
+SUITE_MODULES = ("smoke", "reboot_shutdown", "core", "device_enumeration", "peripherals")
+
+
+class Skip(Exception):
+    """Raised by a test that finds at run time that it cannot run here."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    arches: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ()
+    engines: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    any_devices: tuple[str, ...] = ()
+
+    def unmet(self, env: Environment) -> str | None:
+        if self.arches and env.arch not in self.arches:
+            return f"needs arch {' or '.join(self.arches)}; {env.name} is {env.arch}"
+        if self.profiles and env.profile not in self.profiles:
+            return f"needs a {' or '.join(self.profiles)} guest; {env.name} runs {env.profile}"
+        if self.engines and env.engine not in self.engines:
+            return f"needs engine {' or '.join(self.engines)}; {env.name} uses {env.engine}"
+        missing = [d for d in self.devices if not env.devices.has(d)]
+        if missing:
+            return (f"device config '{env.devices.name}' of {env.name} has no "
+                    f"{', '.join(missing)}")
+        if self.any_devices and not any(env.devices.has(d) for d in self.any_devices):
+            return (f"device config '{env.devices.name}' of {env.name} has none of "
+                    f"{', '.join(self.any_devices)}")
+        return None
+
+
+TestFunc = Callable[["TestContext"], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteTest:
+    suite: str
+    name: str
+    func: TestFunc
+    requires: Requirements
+    shares_guest: bool
+    timeout_s: float
+    description: str
+    needs_guest: bool = True
+    disks: tuple[int, ...] = ()  # sizes in MiB of disks the test wants attached
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.suite}.{self.name}"
+
+
+def guest_test(
+    *,
+    requires: Requirements | None = None,
+    shares_guest: bool = False,
+    timeout_s: float = 120.0,
+    needs_guest: bool = True,
+) -> Callable[[TestFunc], TestFunc]:
+    """Mark an async function as a suite test; the registry finds it by this attribute."""
+
+    def mark(func: TestFunc) -> TestFunc:
+        func.__harness_test__ = {  # type: ignore[attr-defined]
+            "requires": requires or Requirements(),
+            "shares_guest": shares_guest,
+            "timeout_s": timeout_s,
+            "needs_guest": needs_guest,
+        }
+        return func
+
+    return mark
+
+
+def load_suite(module_name: str) -> list[SuiteTest]:
+    module = importlib.import_module(f"suites.{module_name}")
+    tests = []
+    for attr, func in vars(module).items():
+        meta = getattr(func, "__harness_test__", None)
+        if meta is None or not inspect.iscoroutinefunction(func):
+            continue
+        name = attr.removeprefix("test_")
+        doc = inspect.getdoc(func) or ""
+        tests.append(SuiteTest(suite=module_name, name=name, func=func,
+                               description=doc.splitlines()[0] if doc else "", **meta))
+    return tests
+
+
+def registry(modules: tuple[str, ...] = SUITE_MODULES) -> dict[str, SuiteTest]:
+    """Every built-in test by full name ("SUITE.TEST")."""
+    found: dict[str, SuiteTest] = {}
+    for module in modules:
+        try:
+            tests = load_suite(module)
+        except ModuleNotFoundError as e:
+            if e.name != f"suites.{module}":
+                raise
+            continue
+        for t in tests:
+            found[t.full_name] = t
+    return found
+
+
+def default_specs(tests: Mapping[str, SuiteTest]) -> list[dict[str, Any]]:
+    """The built-in suites as tests.json entries, so `harness run` without --tests runs them.
+
+    Each test lists every emulator environment; the plan then skips, with the
+    reason, what an environment's arch, profile or devices cannot run.
+    """
+    envs = [{"dimensions": {"device_type": dt, "cpu": cpu}}
+            for dt in ("crosvm", "QEMU") for cpu in ("x64", "arm64")]
+    return [
+        {
+            "test": {
+                "name": t.full_name,
+                "label": f"//suites/{t.suite}.py:{t.name}",
+                "os": "linux",
+                "timeout_secs": t.timeout_s,
+            },
+            "environments": envs,
+        }
+        for t in tests.values()
+    ]
+
+
+def write_default_specs(path: Path, tests: Mapping[str, SuiteTest]) -> None:
+    path.write_text(json.dumps(default_specs(tests), indent=1) + "\n")
+
+
+@dataclasses.dataclass
+class TestContext:
+    """What a running test gets: its guest, its environment, and places to record results."""
+
+    guest: Any  # harness.guest.Guest; Any to keep suites importable without the engines
+    env: Environment
+    spec: Any  # harness.spec.TestSpec
+    folder: Path
+    params: dict[str, Any]
+    cases: list[Case] = dataclasses.field(default_factory=list)
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def case(self, name: str, ok: bool | Status, message: str = "", *, suite: str = "",
+             duration_s: float = 0.0, fmt: str = "") -> None:
+        status = ok if isinstance(ok, Status) else (Status.PASS if ok else Status.FAIL)
+        self.cases.append(Case(name=name, status=status, suite=suite, duration_s=duration_s,
+                               message=message, format=fmt))
+
+    def prop(self, name: str, value: object) -> None:
+        self.properties[name] = str(value)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
