@@ -128,7 +128,7 @@ def plan_command(args: argparse.Namespace) -> int:
         print(json.dumps(planmod.plan_json(plan, argv_for, total_shards=total,
                                            durations=durations(args)), indent=1))
     else:
-        print(planmod.plan_text(plan, argv_for, total_shards=total, durations=durations(args)))
+        print(planmod.plan_text(plan, total_shards=total, durations=durations(args)))
     return EXIT_OK
 
 

@@ -179,12 +179,8 @@ class Console:
 
     def attach(self, master_fd: int) -> None:
         self.detach()
-        self._spawn = _Spawn(
-            master_fd,
-            logfile_read=self.log,
-            searchwindowsize=SEARCH_WINDOW,
-            maxread=MAX_READ,
-        )
+        self._spawn = _Spawn(master_fd, searchwindowsize=SEARCH_WINDOW, maxread=MAX_READ)
+        self._spawn.logfile_read = self.log
         self._spawn.delaybeforesend = None
 
     def detach(self) -> None:

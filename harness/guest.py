@@ -97,7 +97,7 @@ class Guest:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def _launch(self, *, relaunch: bool = False) -> None:
+    async def _launch(self) -> None:
         master, slave = open_console_pty()
         try:
             self.vmm = await self.engine.launch(self.env, self.image, self.paths, slave)
@@ -107,13 +107,18 @@ class Guest:
         finally:
             os.close(slave)
         self.console.attach(master)
-        self.boots.append(Boot(len(self.boots) + 1, time.monotonic(), relaunch=relaunch))
 
     async def start(self) -> Boot:
         """Launch the VMM and wait for the first boot to reach the shell."""
         self.log.mark(f"boot 1: {self.env.name} ({self.env.engine}, {self.env.arch})")
+        self.boots.append(Boot(1, time.monotonic()))
         await self._launch()
         return await self.wait_boot(self.env.boot_timeout_s)
+
+    async def wait_reset(self, timeout: float | None = None) -> Boot:
+        """The guest is resetting on its own (a panic with the reset policy): wait for the new boot."""
+        self.boots.append(Boot(len(self.boots) + 1, time.monotonic()))
+        return await self.wait_boot(timeout or self.env.boot_timeout_s)
 
     async def wait_boot(self, timeout: float) -> Boot:
         """Wait for the boot marker and the prompt, relaunching the VMM after a reset exit."""
@@ -123,8 +128,8 @@ class Guest:
             if remaining <= 0:
                 raise BootTimeout(f"no boot marker within {timeout:g} s", self.log.tail())
             try:
-                await self.console.expect([self.profile.boot_marker], remaining,
-                                          what="boot marker")
+                marker = await self.console.expect([self.profile.boot_marker], remaining,
+                                                   what="boot marker")
                 break
             except ConsoleTimeout as e:
                 raise BootTimeout(f"no boot marker within {timeout:g} s", e.tail) from None
@@ -135,7 +140,11 @@ class Guest:
                     continue
                 raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
         boot = self.boots[-1]
-        m = _BOOT_ID.search(bytes(self.console._spawn.after) if self.console._spawn else b"")
+        text = marker.group(0)
+        if b"\n" not in text:
+            text += (await self.console.expect([rb"[^\n]*\n"], 5.0,
+                                               what="end of the boot marker line")).group(0)
+        m = _BOOT_ID.search(text)
         if m:
             boot.boot_id = m.group(1).decode()
         await self.console.expect([self.profile.prompt], max(5.0, deadline - time.monotonic()),
@@ -145,9 +154,10 @@ class Guest:
 
     async def relaunch(self, info: ExitInfo) -> None:
         """crosvm leaves the restart to its caller: launch again, same serial log."""
-        n = len(self.boots) + 1
+        n = len(self.boots)
         self.log.mark(f"boot {n}: relaunching {self.env.engine} after {info.explanation}")
-        await self._launch(relaunch=True)
+        self.boots[-1].relaunch = True
+        await self._launch()
 
     async def _reap(self, timeout: float = 10.0) -> ExitInfo:
         """The VMM closed its console: wait for its exit and classify it."""
@@ -199,14 +209,11 @@ class Guest:
 
     async def reboot(self, timeout: float | None = None) -> Boot:
         """Guest-initiated reboot; returns the new boot once its shell is up."""
-        before = len(self.boots)
         old_id = self.boots[-1].boot_id if self.boots else ""
+        self.boots.append(Boot(len(self.boots) + 1, time.monotonic()))
+        self.log.mark(f"guest-initiated reboot requested; boot {len(self.boots)} follows")
         self.console.sendline(self.profile.reboot_command)
         boot = await self.wait_boot(timeout or self.env.boot_timeout_s)
-        if self.engine.name == "qemu" and len(self.boots) == before:
-            # QEMU reset in place: same process, a new boot in the same log.
-            boot = Boot(before + 1, boot.launched_at, boot.ready_s, boot.boot_id)
-            self.boots.append(boot)
         if old_id and boot.boot_id == old_id:
             raise HarnessError(f"boot_id unchanged ({old_id}): the guest did not really reboot")
         return boot

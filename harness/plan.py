@@ -1,0 +1,417 @@
+"""The plan: which (test, environment) pairs run, which are skipped, and on which shard.
+
+Pairing is a plain dimension match (`Environment.matches`) between each
+tests.json environment and each environments.json environment, so the plan is
+exactly what Fuchsia's infra would schedule for the same dimensions. Selection
+narrows it; a suite's requirements (checked by the runner through `check`) turn
+a pair into a planned SKIP with a reason rather than dropping it, so reports
+say why a test did not run in an environment.
+
+Selection semantics: filters of different kinds combine with AND, values of one
+kind with OR, an empty tuple is no filter. Suite and glob filters apply to the
+entry; device type, tag and environment-name filters to each pair.
+
+Sharding must give every CI shard the same answer without talking to the
+others, so it depends only on the runs' keys (never on dict, set or hash
+order) and on the optional durations of an earlier run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import heapq
+import logging
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.environments import Environment, EnvironmentSet
+from harness.errors import ConfigError
+from harness.spec import SpecEnvironment, TestSpec, paused_gc
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[TestSpec, Environment], str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """What the user asked for; every field empty selects everything."""
+
+    device_types: tuple[str, ...] = ()
+    env_names: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    suites: tuple[str, ...] = ()
+    globs: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One test in one environment. `spec_environment` is the tests.json environment
+    that matched (its `emulator` settings may matter to the engine)."""
+
+    spec: TestSpec
+    environment: Environment
+    skip_reason: str | None = None
+    shard: int = 0
+    spec_environment: SpecEnvironment | None = None
+
+    @property
+    def key(self) -> str:
+        """Same as `TestResult.key`, so durations from an earlier run line up."""
+        return f"{self.environment.name}/{self.spec.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    runs: list[PlannedRun]
+    disabled: list[TestSpec]
+    unmatched: list[tuple[TestSpec, SpecEnvironment]]
+    # Later entries whose key an earlier entry already planned (same name, same environment).
+    duplicates: list[PlannedRun] = dataclasses.field(default_factory=list)
+
+
+class _Selector:
+    """A Selection prepared once (lower-cased sets, one compiled regex for all globs)."""
+
+    def __init__(self, selection: Selection) -> None:
+        self.device_types = frozenset(d.lower() for d in selection.device_types)
+        self.env_names = frozenset(selection.env_names)
+        self.tags = frozenset(selection.tags)
+        self.suites = frozenset(selection.suites)
+        self.glob: re.Pattern[str] | None = None
+        if selection.globs:
+            self.glob = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in selection.globs))
+
+    def spec(self, spec: TestSpec) -> bool:
+        suite = spec.suite
+        if self.suites and suite not in self.suites:
+            return False
+        if self.glob is not None:
+            dotted = f"{suite}.{spec.test}" if suite else spec.name
+            if not (self.glob.match(dotted) or self.glob.match(spec.name)):
+                return False
+        return True
+
+    def pair(self, spec_env: SpecEnvironment, env: Environment) -> bool:
+        if self.env_names and env.name not in self.env_names:
+            return False
+        if self.device_types:
+            # The spec's dimension, or the environment's when the spec names none (they agree
+            # whenever both exist, since the pair matched).
+            device_type = spec_env.dimensions.get("device_type") or env.device_type
+            if device_type.lower() not in self.device_types:
+                return False
+        return not self.tags or not (
+            self.tags.isdisjoint(spec_env.tags) and self.tags.isdisjoint(env.tags)
+        )
+
+    def unmatched(self, spec_env: SpecEnvironment) -> bool:
+        """Whether a spec environment with no environment to run in is worth reporting:
+        only if the filters that can be judged without an environment let it through."""
+        if self.env_names:
+            return False
+        if self.device_types and spec_env.device_type.lower() not in self.device_types:
+            return False
+        return not self.tags or not self.tags.isdisjoint(spec_env.tags)
+
+
+def make_plan(
+    specs: Iterable[TestSpec],
+    envs: EnvironmentSet,
+    selection: Selection | None = None,
+    *,
+    check: Check | None = None,
+) -> Plan:
+    """Pair specs with environments, in spec order and then environment name.
+
+    Disabled specs (no environments) are listed when the suite/glob filters select
+    them; they never pair. A later entry whose (name, environment) an earlier entry
+    already planned is left out and listed in `duplicates` with a warning: results
+    are keyed by it, so two runs could not both be reported.
+    """
+    with paused_gc():
+        return _make_plan(specs, envs, selection if selection is not None else Selection(), check)
+
+
+def _make_plan(
+    specs: Iterable[TestSpec], envs: EnvironmentSet, selection: Selection, check: Check | None
+) -> Plan:
+    sel = _Selector(selection)
+    ordered = sorted(envs, key=lambda env: env.name)
+    # Real tests.json files repeat a handful of dimension sets thousands of times.
+    matches_for: dict[tuple[tuple[str, str], ...], list[Environment]] = {}
+    runs: list[PlannedRun] = []
+    disabled: list[TestSpec] = []
+    unmatched: list[tuple[TestSpec, SpecEnvironment]] = []
+    duplicates: list[PlannedRun] = []
+    planned: set[str] = set()
+    for spec in specs:
+        if not sel.spec(spec):
+            continue
+        if not spec.environments:
+            disabled.append(spec)
+            continue
+        chosen: dict[str, tuple[Environment, SpecEnvironment]] = {}
+        for spec_env in spec.environments:
+            dims = spec_env.dimensions
+            cache_key = tuple(sorted(dims.items()))
+            matching = matches_for.get(cache_key)
+            if matching is None:
+                matching = matches_for[cache_key] = [e for e in ordered if e.matches(dims)]
+            if not matching:
+                if sel.unmatched(spec_env):
+                    unmatched.append((spec, spec_env))
+                continue
+            for env in matching:
+                if env.name not in chosen and sel.pair(spec_env, env):
+                    chosen[env.name] = (env, spec_env)
+        for env_name in sorted(chosen):
+            env, spec_env = chosen[env_name]
+            key = f"{env_name}/{spec.name}"
+            if key in planned:
+                log.warning("tests.json entry %d duplicates test %r in environment %s; "
+                            "keeping the earlier entry", spec.index, spec.name, env_name)
+                duplicates.append(PlannedRun(spec=spec, environment=env,
+                                             spec_environment=spec_env))
+                continue
+            planned.add(key)
+            runs.append(PlannedRun(spec=spec, environment=env, spec_environment=spec_env,
+                                   skip_reason=check(spec, env) if check is not None else None))
+    return Plan(runs=runs, disabled=disabled, unmatched=unmatched, duplicates=duplicates)
+
+
+# ---------------------------------------------------------------------------- sharding
+
+
+def _validate(index: int | None, total: int, source: str) -> None:
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ConfigError(source, None, "total shards",
+                          f"must be a positive integer, got {total!r}")
+    if index is not None and (
+        isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < total
+    ):
+        raise ConfigError(source, None, "shard index",
+                          f"must be an integer from 0 to {total - 1}, got {index!r}")
+
+
+def _weights(runs: Sequence[PlannedRun], durations: Mapping[str, float]) -> list[float]:
+    """Duration per run; a skipped run costs nothing, an unknown one the median of the known."""
+    # A NaN, infinite or negative duration (a hand-edited or corrupt summary) would
+    # break the ordering LPT relies on; it counts as unknown.
+    usable = {k: float(v) for k, v in durations.items()
+              if isinstance(v, int | float) and math.isfinite(v) and v >= 0}
+    known = [usable[r.key] for r in runs if r.key in usable]
+    if not known:
+        known = list(usable.values())
+    fallback = statistics.median(known) if known else 1.0
+    return [0.0 if r.skip_reason is not None else usable.get(r.key, fallback) for r in runs]
+
+
+def assign_shards(
+    runs: Sequence[PlannedRun],
+    total: int,
+    durations: Mapping[str, float] | None = None,
+    *,
+    source: str = "arguments",
+) -> list[list[PlannedRun]]:
+    """Split runs into `total` shards, each run in exactly one, with `shard` set on it.
+
+    Without durations: round-robin over the runs sorted by key, so shard sizes
+    differ by at most one. With durations (seconds by `PlannedRun.key`, from an
+    earlier summary.json): longest first onto the least-loaded shard, ties broken
+    by key and then by shard number, which is the classic LPT bound (within 4/3 of
+    optimal). Each shard keeps the runs in their input (plan) order.
+    """
+    _validate(None, total, source)
+    with paused_gc():
+        return _assign_shards(runs, total, durations)
+
+
+def _assign_shards(
+    runs: Sequence[PlannedRun], total: int, durations: Mapping[str, float] | None
+) -> list[list[PlannedRun]]:
+    order = sorted(range(len(runs)), key=lambda i: runs[i].key)
+    shard_of = [0] * len(runs)
+    if not durations:
+        for position, i in enumerate(order):
+            shard_of[i] = position % total
+    else:
+        weights = _weights(runs, durations)
+        order.sort(key=lambda i: -weights[i])  # stable: equal weights stay in key order
+        loads = [(0.0, s) for s in range(total)]  # already a heap
+        for i in order:
+            load, s = heapq.heappop(loads)
+            shard_of[i] = s
+            heapq.heappush(loads, (load + weights[i], s))
+    shards: list[list[PlannedRun]] = [[] for _ in range(total)]
+    for run, s in zip(runs, shard_of, strict=True):
+        if run.shard != s:
+            # dataclasses.replace is several times slower, and this runs per test.
+            run = PlannedRun(run.spec, run.environment, run.skip_reason, s, run.spec_environment)
+        shards[s].append(run)
+    return shards
+
+
+def shard(
+    runs: Sequence[PlannedRun],
+    index: int,
+    total: int,
+    *,
+    durations: Mapping[str, float] | None = None,
+    source: str = "arguments",
+) -> list[PlannedRun]:
+    """The runs of shard `index` of `total` (0-based, as Bazel and GoogleTest count)."""
+    _validate(index, total, source)
+    return assign_shards(runs, total, durations, source=source)[index]
+
+
+_SHARD_VARIABLES = (
+    ("TEST_SHARD_INDEX", "TEST_TOTAL_SHARDS"),  # Bazel
+    ("GTEST_SHARD_INDEX", "GTEST_TOTAL_SHARDS"),  # GoogleTest
+)
+
+
+def _int_variable(environ: Mapping[str, str], name: str) -> int:
+    value = environ[name]
+    try:
+        number = int(value.strip(), 10)
+    except ValueError:
+        raise ConfigError("environment", None, name,
+                          f"expected a non-negative integer, got {value!r}") from None
+    if number < 0:
+        raise ConfigError("environment", None, name,
+                          f"expected a non-negative integer, got {value!r}")
+    return number
+
+
+def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(index, total) from Bazel's variables, else GoogleTest's, else None.
+
+    A pair is taken as a whole: one variable of a pair without the other is an
+    error, since silently running every test on every shard multiplies CI cost.
+    """
+    for index_name, total_name in _SHARD_VARIABLES:
+        has_index, has_total = index_name in environ, total_name in environ
+        if not (has_index or has_total):
+            continue
+        if not has_total:
+            raise ConfigError("environment", None, total_name, f"is not set but {index_name} is")
+        if not has_index:
+            raise ConfigError("environment", None, index_name, f"is not set but {total_name} is")
+        total = _int_variable(environ, total_name)
+        if total < 1:
+            raise ConfigError("environment", None, total_name, f"must be at least 1, got {total}")
+        index = _int_variable(environ, index_name)
+        if index >= total:
+            raise ConfigError("environment", None, index_name,
+                              f"must be less than {total_name}={total}, got {index}")
+        return index, total
+    return None
+
+
+def acknowledge_sharding(environ: Mapping[str, str]) -> Path | None:
+    """Touch Bazel's TEST_SHARD_STATUS_FILE, which tells Bazel this runner shards.
+
+    Without it Bazel assumes every shard ran every test and warns (or fails with
+    --incompatible_check_sharding_support). Returns the file touched, if any.
+    """
+    name = environ.get("TEST_SHARD_STATUS_FILE")
+    if not name:
+        return None
+    path = Path(name)
+    try:
+        path.touch()
+    except OSError as e:
+        raise ConfigError("environment", None, "TEST_SHARD_STATUS_FILE",
+                          f"cannot touch {name}: {e.strerror}") from None
+    return path
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | None
+             ) -> tuple[list[PlannedRun], list[list[PlannedRun]]]:
+    shards = assign_shards(plan.runs, total_shards, durations)
+    by_key = {run.key: run for s in shards for run in s}
+    return [by_key[run.key] for run in plan.runs], shards
+
+
+def plan_json(
+    plan: Plan,
+    argv_for: Callable[[PlannedRun], list[str] | None],
+    total_shards: int = 1,
+    durations: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null."""
+    runs, shards = _sharded(plan, total_shards, durations)
+    return {
+        "runs": [
+            {
+                "key": run.key,
+                "test": run.spec.name,
+                "suite": run.spec.suite,
+                "environment": run.environment.name,
+                "engine": run.environment.engine,
+                "arch": run.environment.arch,
+                "device_type": run.environment.device_type,
+                "blocking": run.environment.blocking,
+                "skip_reason": run.skip_reason,
+                "shard": run.shard,
+                "argv": argv_for(run),
+            }
+            for run in runs
+        ],
+        "shards": [[run.key for run in s] for s in shards],
+        "disabled": [spec.name for spec in plan.disabled],
+        "unmatched": [
+            {"test": spec.name, "index": spec.index, "dimensions": dict(env.dimensions),
+             "tags": list(env.tags)}
+            for spec, env in plan.unmatched
+        ],
+        "duplicates": [{"key": run.key, "index": run.spec.index} for run in plan.duplicates],
+    }
+
+
+def plan_text(
+    plan: Plan,
+    total_shards: int = 1,
+    durations: Mapping[str, float] | None = None,
+) -> str:
+    """A table for people: one line per run, then what was disabled, unmatched or duplicated."""
+    runs, _ = _sharded(plan, total_shards, durations)
+    header = ("SHARD", "ENVIRONMENT", "TEST", "SUITE", "ENGINE", "ARCH", "BLOCKING", "STATUS")
+    rows = [
+        (
+            str(run.shard),
+            run.environment.name,
+            run.spec.name,
+            run.spec.suite or "-",
+            run.environment.engine,
+            run.environment.arch,
+            "yes" if run.environment.blocking else "no (FYI)",
+            f"skip: {run.skip_reason}" if run.skip_reason is not None else "run",
+        )
+        for run in runs
+    ]
+    if total_shards == 1:
+        header, rows = header[1:], [row[1:] for row in rows]
+    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]
+    skipped = sum(run.skip_reason is not None for run in runs)
+    lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped)"
+                 + (f" on {total_shards} shards" if total_shards > 1 else ""))
+    if plan.disabled:
+        lines.append(f"disabled (no environments): {', '.join(s.name for s in plan.disabled)}")
+    for spec, env in plan.unmatched:
+        dims = ", ".join(f"{k}={v}" for k, v in sorted(env.dimensions.items()))
+        lines.append(f"no environment matches {spec.name} [{dims}]")
+    for run in plan.duplicates:
+        lines.append(f"duplicate ignored: entry {run.spec.index} {run.key}")
+    return "\n".join(lines) + "\n"
