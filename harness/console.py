@@ -243,11 +243,11 @@ class Console:
         raise ConsoleTimeout(f"no {what} within {timeout:g} s", self.log.tail())
 
     async def _raise_crash(self, spawn: _Spawn, _elapsed: float) -> None:
-        """Collect up to a second more (the panic's backtrace), then raise with the excerpt."""
+        """Collect up to half a second more (the backtrace), then raise with the excerpt."""
         start = max(0, len(spawn.before) - 4096)
         collected = bytes(spawn.before[start:]) + bytes(spawn.after)
         with contextlib.suppress(Exception):
-            await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=1.0, async_=True)
+            await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
             collected += spawn.before if isinstance(spawn.before, bytes) else b""
         crash = self.profile.find_crash(collected)
         if crash is None:  # the watch regex matched but the profile's finer scan did not
@@ -268,7 +268,7 @@ class Console:
         if spawn is not None:
             data += bytes(spawn.after)
             with contextlib.suppress(Exception):
-                await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=1.0, async_=True)
+                await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
                 extra = spawn.before if isinstance(spawn.before, bytes) else b""
         crash = self.profile.find_crash(data + extra)
         return crash or Crash(signature="crash", excerpt=clean_output(data), offset=0)

@@ -110,6 +110,8 @@ class Attempt:
 class TestResult:
     """A (test, environment) pair and everything that happened to it."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     test: str
     suite: str
     environment: str
