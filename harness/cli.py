@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     parse = sub.add_parser("parse", help="re-parse a saved serial log offline")
     parse.add_argument("--profile", default="linux", choices=envmod.PROFILES)
     parse.add_argument("--format", dest="fmt", help="output format (default: detect)")
+    parse.add_argument("--booted", action="store_true",
+                       help="the log starts after boot: a boot banner in it means a reset")
     parse.add_argument("log", help="serial log file")
 
     merge = sub.add_parser("merge", help="combine shard results into one junit.xml/summary.json")
@@ -131,7 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             data = path.read_bytes()
         except OSError as e:
             raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
-        print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt), indent=1))
+        print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt,
+                                    booted=args.booted), indent=1))
         return EXIT_OK
     if args.command == "merge":
         from harness.report.merge import merge_runs

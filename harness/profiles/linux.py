@@ -1,0 +1,103 @@
+"""The Linux guest: a Debian kernel with the harness's busybox initramfs.
+
+The crash table is LAVA's list of kernel-message starts. Every kernel line is
+matched only where the kernel puts it: at a line start, or right after a
+printk timestamp (a panic that interrupts the prompt lands mid-line, but
+still behind its timestamp). A test that prints "Kernel panic" in the middle
+of a line, or the console's echo of a command the harness typed (which
+follows the prompt), can therefore never fail a run.
+
+Which signatures are fatal, and why:
+
+- `Kernel panic - not syncing`: the machine is dead.
+- `Oops`, `BUG:`, `kernel BUG at`, `Unable to handle kernel`,
+  `general protection fault`: the kernel killed a task in kernel context and
+  is now tainted, often holding locks; later results cannot be trusted and
+  the next command may hang, so waiting would only turn the crash into a
+  timeout that blames the wrong step.
+- KASAN and KFENCE reports: memory was already corrupted (use-after-free,
+  out-of-bounds); same reasoning.
+- KCSAN reports: not fatal. A data race report leaves the kernel state
+  intact, KCSAN keeps running and rate-limits itself; it is reported.
+- `WARNING:`, hung-task and RCU-stall reports: not fatal. The kernel goes on
+  (under TCG on a loaded host an RCU stall is often just slowness); they are
+  reported so a reader sees them next to the result.
+- `Linux version` at 0.000000 after the guest was up: an unexpected reboot
+  (a triple fault resets the machine without a word).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.profiles.base import CrashSignature, Profile, signature_pattern
+
+# Where a kernel message can start: a line start, or behind a printk timestamp
+# (optionally with the caller id of CONFIG_PRINTK_CALLER).
+_K = rb"(?:^|\[ *\d+\.\d+\](?:\[ *[CT]\d+\])? )"
+
+
+def _sig(name: str, hint: bytes, regex: bytes, *, fatal: bool = True,
+         boot_banner: bool = False, anchored: bool = True) -> CrashSignature:
+    return CrashSignature(name, signature_pattern((_K if anchored else b"") + regex),
+                          fatal=fatal, boot_banner=boot_banner, hint=hint or None)
+
+
+CRASH_SIGNATURES: tuple[CrashSignature, ...] = (
+    _sig("linux-panic", b"Kernel panic", rb"Kernel panic - not syncing"),
+    _sig("linux-kasan", b"BUG: KASAN", rb"BUG: KASAN: "),
+    _sig("linux-kfence", b"BUG: KFENCE", rb"BUG: KFENCE: "),
+    _sig("linux-kcsan", b"BUG: KCSAN", rb"BUG: KCSAN: ", fatal=False),
+    _sig("linux-bug", b"BUG", rb"(?:BUG: (?!KASAN: |KFENCE: |KCSAN: )|kernel BUG at )"),
+    _sig("linux-oops", b"Oops", rb"(?:Internal error: )?Oops(?::| -) "),
+    _sig("linux-unable-to-handle", b"Unable to handle", rb"Unable to handle kernel "),
+    _sig("linux-general-protection-fault", b"general protection", rb"general protection fault"),
+    _sig("linux-warning", b"WARNING: ", rb"WARNING: ", fatal=False),
+    _sig("linux-hung-task", b"INFO: task ", rb"INFO: task \S+ blocked for more than \d+ seconds",
+         fatal=False),
+    _sig("linux-rcu-stall", b"detected stalls", rb"rcu: INFO: \S+ detected stalls", fatal=False),
+    # QEMU's own message on its stderr when KVM cannot run the guest (nested KVM here).
+    _sig("host-kvm-error", b"", rb"(?:KVM internal error\. Suberror|kvm run failed )",
+         anchored=False),
+    _sig("linux-unexpected-reboot", b"Linux version", rb"\[ *0\.000000\] Linux version ",
+         boot_banner=True, anchored=False),
+)
+
+# The init prints `HARNESS-BOOT-OK boot_id=<uuid> uptime=<secs>`. The full uuid is
+# part of the marker so that pexpect, which matches as bytes arrive, can never
+# match a half-received id.
+BOOT_MARKER = signature_pattern(
+    rb"HARNESS-BOOT-OK boot_id=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+)
+PROMPT = signature_pattern(rb"harness# ")
+RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinuxProfile(Profile):
+    def kernel_args(self, *, arch: str, engine: str, nodename: str) -> list[str]:
+        """Only the console: the panic policy is the environment's, the log level the init's.
+
+        crosvm adds `console=ttyS0` itself for a serial port marked `console`,
+        and a second `console=` would make the kernel write everything twice.
+        """
+        del nodename  # the init sets no hostname from the command line
+        if engine == "crosvm":
+            return []
+        if arch in ("arm64", "aarch64"):
+            return ["console=ttyAMA0"]
+        return ["console=ttyS0"]
+
+
+PROFILE = LinuxProfile(
+    name="linux",
+    boot_marker=BOOT_MARKER,
+    prompt=PROMPT,
+    newline="\n",
+    crash_signatures=CRASH_SIGNATURES,
+    # The init is a plain script, not an init system that would handle `reboot`'s signal.
+    reboot_command="reboot -f",
+    shutdown_command="poweroff -f",
+    panic_command="echo c > /proc/sysrq-trigger",
+    reset_marker=RESET_MARKER,
+)
