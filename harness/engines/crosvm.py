@@ -1,0 +1,535 @@
+"""crosvm: the command line exactly as crosvm defines it, control through its own CLI.
+
+Everything here follows crosvm's own contract (shared/reference/crosvm.md, read
+from crosvm's source): current options only, each as `--flag value`; global
+flags before `run`; the kernel last. A VM's control is a separate `crosvm
+SUBCOMMAND ... SOCKET` invocation per operation, and an exit status is the
+only thing crosvm says about how the VM ended, so `--extended-status` is
+always passed: without it a reboot, a crash and a panic would all read as 0.
+
+crosvm exits on a guest reset instead of restarting the guest; the Guest
+relaunches it (the engine only reports RESET).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+
+from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kernel_args
+from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
+from harness.environments import Environment
+from harness.errors import HarnessError, Unsupported
+from harness.images import cache_dir
+from harness.images.model import GuestImage
+from harness.kvmprobe import probe_boot
+
+BINARY_ENV = "HARNESS_CROSVM"
+NO_BINARY = "no crosvm binary: set HARNESS_CROSVM or put crosvm on PATH"
+
+# The `crosvm run` options this engine may emit: all current (crosvm f1e797a6), long form.
+RUN_OPTIONS = frozenset({
+    "--cpus", "--mem", "--serial", "--initrd", "--params", "--socket", "--disable-sandbox",
+    "--block", "--net", "--no-balloon", "--no-rng", "--no-usb", "--gpu", "--vsock",
+})
+# Still accepted by crosvm with a warning; never emitted (a warning today, an error tomorrow).
+DEPRECATED_RUN_OPTIONS = frozenset({
+    "--disk", "--root", "--rwdisk", "--rwroot", "--cid", "--host-ip", "--netmask", "--mac",
+    "--tap-name", "--tap-fd", "--vhost-net", "--kvm-device", "--split-irqchip", "--gpu-display",
+    "--pmem-device", "--vhost-vsock-device",
+})
+
+# COM1 is the console and reads stdin (crosvm reads input only from a serial marked `stdin`
+# once the serial is named explicitly). `earlycon`: crosvm adds `earlycon=uart8250,...` so
+# the kernel writes to the UART from its first instruction instead of from when the 8250
+# driver registers; a crash in early boot then reaches the console and the panic watcher
+# rather than ending in a silent boot timeout. Fuchsia's ffx passes it too, and it costs
+# nothing measurable (boot to prompt under the double: 5.6 s with it, 5.7 s without).
+CONSOLE_SERIAL = "type=stdout,hardware=serial,num=1,console,earlycon,stdin"
+
+CONTROL_TIMEOUT_S = 10.0
+PROBE_CACHE_FILE = "crosvm-kvm-verdict.json"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+# Exit statuses from crosvm's src/main.rs (CommandStatus), as the harness must read them.
+_EXITS: dict[int, tuple[ExitKind, str]] = {
+    0: (ExitKind.STOP, "crosvm stopped the VM (status 0): the guest powered off (ACPI S5 / "
+                       "PSCI SYSTEM_OFF), `crosvm stop` was used, or an x86 guest "
+                       "triple-faulted, which crosvm also reports as 0 (the harness passes "
+                       "--extended-status; without it a reboot or a panic would read 0 too)"),
+    32: (ExitKind.RESET, "the guest rebooted (status 32): crosvm exits on a reset and does "
+                         "not restart the VM; the harness launches it again"),
+    33: (ExitKind.CRASH, "the VM crashed (status 33): a vCPU or a virtual device failed "
+                         "inside crosvm"),
+    34: (ExitKind.PANIC, "the guest kernel panicked and said so through pvpanic (status 34)"),
+    35: (ExitKind.INVALID_ARGS, "crosvm rejected its command line (status 35, invalid "
+                                "arguments): a harness bug; the VMM stderr log says which"),
+    36: (ExitKind.WATCHDOG, "crosvm's vCPU stall detector reset the VM (status 36, watchdog: "
+                            "a vCPU stopped making progress)"),
+    1: (ExitKind.ERROR, "crosvm failed while building the VM or running it (status 1); the "
+                        "VMM stderr log says why"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BinaryLookup:
+    """Where the crosvm binary comes from, and what is wrong with it if anything."""
+
+    path: str | None
+    source: str  # "argument", "HARNESS_CROSVM", "PATH" or "" (not found)
+    problem: str | None = None
+
+
+def _check_executable(path: str, source: str) -> BinaryLookup:
+    where = f"{BINARY_ENV}={path}" if source == BINARY_ENV else path
+    if not os.path.exists(path):
+        return BinaryLookup(path, source, f"{where}: no such file")
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        return BinaryLookup(path, source, f"{where}: not an executable file")
+    return BinaryLookup(os.path.abspath(path), source)
+
+
+def find_binary(explicit: str | None = None,
+                environ: Mapping[str, str] | None = None) -> BinaryLookup:
+    """The crosvm to run: the constructor's argument, then $HARNESS_CROSVM, then PATH."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return _check_executable(explicit, "argument")
+    configured = environ.get(BINARY_ENV)
+    if configured:
+        return _check_executable(configured, BINARY_ENV)
+    found = shutil.which("crosvm", path=environ.get("PATH"))
+    if found:
+        return BinaryLookup(os.path.abspath(found), "PATH")
+    return BinaryLookup(None, "", NO_BINARY)
+
+
+def _keyvalue(value: str) -> str:
+    """A serde_keyvalue value: quoted when it would otherwise split or end early."""
+    if any(c in value for c in ',="[]\\'):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return value
+
+
+def _tun_problem(tap: str) -> str | None:
+    """Whether the TAP `tap` can be opened the way crosvm opens it (TUNSETIFF by name)."""
+    tunsetiff, iff_tap, iff_no_pi, iff_vnet_hdr = 0x400454CA, 0x0002, 0x1000, 0x4000
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        return f"virtio-net on crosvm needs a TAP device, and /dev/net/tun cannot be opened: " \
+               f"{e.strerror}"
+    try:
+        ifr = struct.pack("16sH22x", tap.encode()[:15], iff_tap | iff_no_pi | iff_vnet_hdr)
+        fcntl.ioctl(fd, tunsetiff, ifr)
+    except OSError as e:
+        return (f"virtio-net on crosvm needs the TAP device '{tap}', which cannot be opened "
+                f"here ({e.strerror}): create it for this user (`ip tuntap add {tap} mode tap "
+                f"user $USER vnet_hdr`) or run with CAP_NET_ADMIN")
+    finally:
+        os.close(fd)
+    return None
+
+
+def device_unavailable(env: Environment, device: str) -> str | None:
+    """Why a test that needs `device` cannot run on `env` here (None: it can).
+
+    A per-test reason rather than a whole-environment one: a missing TAP only
+    costs the network tests, never the reboot or core tests of the same guest.
+    """
+    if env.engine != "crosvm":
+        return None
+    if device == "virtio-net":
+        if not env.devices.has("virtio-net"):
+            return f"device config '{env.devices.name}' has no virtio-net"
+        tap = env.devices.option("virtio-net", "tap")
+        if not tap:
+            return (f"virtio-net on crosvm needs a TAP device (crosvm has no user-mode "
+                    f"networking): set devices.virtio-net.tap in device config "
+                    f"'{env.devices.name}'")
+        return _tun_problem(str(tap))
+    if device == "virtio-vsock" and env.devices.has("virtio-vsock"):
+        try:
+            os.close(os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC))
+        except OSError as e:
+            return f"virtio-vsock on crosvm needs /dev/vhost-vsock: {e.strerror}"
+    return None
+
+
+def _kvm_problem() -> str | None:
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+    except FileNotFoundError:
+        return "no /dev/kvm: crosvm needs KVM (no virtualisation on this machine, or the " \
+               "kvm module is not loaded)"
+    except OSError as e:
+        return f"cannot open /dev/kvm ({e.strerror}): crosvm needs read-write access to KVM"
+    return None
+
+
+class CrosvmVmm(ProcessVmm, Vmm):
+    """A running `crosvm run`; each control operation is one `crosvm SUBCOMMAND ... SOCKET`."""
+
+    def __init__(self, process: Process, *, binary: str, socket: Path,
+                 control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+        super().__init__(process)
+        self.binary = binary
+        self.socket = socket
+        self.control_timeout_s = control_timeout_s
+
+    async def control(self, *args: str, timeout: float | None = None) -> str:
+        """Run `crosvm --no-syslog ARGS... SOCKET` and return its stdout; raise on failure.
+
+        Waits (within the deadline) for crosvm to create its socket, so a control
+        operation issued right after launch is not a spurious failure.
+        """
+        deadline = self.control_timeout_s if timeout is None else timeout
+        argv = [self.binary, "--no-syslog", *args, str(self.socket)]
+        shown = shlex.join(argv)
+        if self.returncode is not None:
+            raise HarnessError(f"`{shown}`: the VM has already exited "
+                               f"({describe_returncode(self.returncode)})")
+        try:
+            with anyio.fail_after(deadline):
+                while not self.socket.exists():
+                    if self.returncode is not None:
+                        raise HarnessError(f"`{shown}`: the VM exited "
+                                           f"({describe_returncode(self.returncode)}) before "
+                                           f"creating its control socket")
+                    await anyio.sleep(0.02)
+                result = await anyio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
+        except TimeoutError:
+            raise HarnessError(f"`{shown}` did not complete within {deadline:g} s") from None
+        stdout = result.stdout.decode(errors="replace")
+        if result.returncode != 0:
+            said = "\n".join(s for s in (result.stderr.decode(errors="replace").strip(),
+                                         stdout.strip()) if s) or "no output"
+            message = (f"`{shown}` failed with {describe_returncode(result.returncode)}: "
+                       f"{said}")
+            if "os error 95" in said or "not supported" in said.lower():
+                raise Unsupported(message)
+            raise HarnessError(message)
+        return stdout
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """`crosvm stop`, then wait; kill the process group if either misses the deadline."""
+        if self.returncode is None:
+            with anyio.move_on_after(timeout):
+                with contextlib.suppress(HarnessError):
+                    await self.control("stop", timeout=timeout)
+                await self.wait()
+        # Also reaps whatever crosvm left in its group (sandboxed device processes).
+        await kill_and_reap(self.process)
+
+    async def power_button(self) -> None:
+        await self.control("powerbtn")
+
+    async def balloon(self, size_bytes: int) -> None:
+        """Inflate the balloon to `size_bytes`: crosvm's SIZE is what the balloon takes from
+        the guest (0 gives everything back), not the guest's resulting memory size."""
+        if size_bytes < 0:
+            raise HarnessError(f"balloon size must be >= 0, got {size_bytes}")
+        await self.control("balloon", str(int(size_bytes)))
+
+    async def balloon_stats(self) -> dict[str, Any]:
+        """crosvm's `BalloonStats` body: `balloon_actual` (bytes held) and the guest's `stats`."""
+        out = await self.control("balloon_stats")
+        try:
+            reply = json.loads(out)
+            body = reply["BalloonStats"]
+            return {"balloon_actual": int(body["balloon_actual"]), "stats": dict(body["stats"])}
+        except (ValueError, KeyError, TypeError) as e:
+            raise HarnessError(f"crosvm balloon_stats printed something unexpected ({e}): "
+                               f"{out.strip()[:500]}") from None
+
+    async def suspend(self) -> None:
+        await self.control("suspend")
+
+    async def resume(self) -> None:
+        await self.control("resume")
+
+
+class CrosvmEngine(Engine):
+    name = "crosvm"
+
+    def __init__(self, binary: str | None = None, *, log_level: str = "info",
+                 control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+        """`binary` None: $HARNESS_CROSVM, then PATH, looked up on first use.
+
+        `log_level` is crosvm's; its log goes to the VMM stderr log, never the console.
+        """
+        self._explicit = binary
+        self._binary: str | None = None
+        self.log_level = log_level
+        self.control_timeout_s = control_timeout_s
+        self._verdicts: dict[str, tuple[bool, str]] = {}
+        self._probe_lock = anyio.Lock()
+
+    # -- binary ------------------------------------------------------------------------------
+
+    def lookup(self) -> BinaryLookup:
+        return find_binary(self._explicit)
+
+    @property
+    def binary(self) -> str:
+        """The crosvm path put in argv[0]; "crosvm" when none is found (launch then fails)."""
+        if self._binary is None:
+            found = self.lookup()
+            if found.path is None:
+                return "crosvm"
+            self._binary = found.path
+        return self._binary
+
+    # -- argv ------------------------------------------------------------------------------
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+        """`crosvm GLOBAL... run OPTIONS... KERNEL`, a pure function of its inputs."""
+        kernel = image.crosvm_kernel
+        _refuse_gzip(kernel, env.arch)
+        dev = env.devices
+        argv = [self.binary, "--extended-status", "--log-level", self.log_level, "--no-syslog",
+                "run",
+                "--cpus", f"num-cores={env.cpus}",
+                "--mem", f"size={env.memory_mib}",
+                "--serial", CONSOLE_SERIAL]
+        if image.initrd is not None:  # for Zircon this is the ZBI
+            argv += ["--initrd", str(image.initrd)]
+        params = kernel_args(env)
+        if params:
+            argv += ["--params", " ".join(params)]
+        argv += ["--socket", str(paths.control_socket)]
+        if env.disable_sandbox:
+            argv.append("--disable-sandbox")
+        for disk in paths.disks:
+            argv += ["--block", f"path={_keyvalue(str(disk))}"]
+        tap = dev.option("virtio-net", "tap")
+        if dev.has("virtio-net") and tap:
+            argv += ["--net", f"tap-name={_keyvalue(str(tap))}"]
+        if dev.has("virtio-console"):
+            argv += ["--serial", "type=sink,hardware=virtio-console,num=1"]
+        if not dev.has("virtio-balloon"):
+            argv.append("--no-balloon")
+        if not dev.has("virtio-rng"):
+            argv.append("--no-rng")
+        if not dev.has("xhci"):
+            argv.append("--no-usb")
+        if dev.has("virtio-gpu"):
+            backend = str(dev.option("virtio-gpu", "backend", "2d"))
+            argv += ["--gpu", f"backend={_keyvalue(backend)}"]
+        if dev.has("virtio-vsock"):
+            argv += ["--vsock", f"cid={int(dev.option('virtio-vsock', 'cid', 3))}"]
+        argv.append(str(kernel))
+        return argv
+
+    # -- exit ------------------------------------------------------------------------------
+
+    def classify_exit(self, returncode: int) -> ExitInfo:
+        if returncode < 0:
+            return ExitInfo(ExitKind.KILLED, returncode,
+                            f"crosvm was {describe_returncode(returncode)} (it did not exit "
+                            f"by itself: the harness, a timeout or another process ended it)")
+        known = _EXITS.get(returncode)
+        if known is not None:
+            return ExitInfo(known[0], returncode, known[1])
+        return ExitInfo(ExitKind.ERROR, returncode,
+                        f"crosvm exited with status {returncode}, which crosvm does not "
+                        f"define; the VMM stderr log may say why")
+
+    # -- launch ----------------------------------------------------------------------------
+
+    async def launch(
+        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
+    ) -> CrosvmVmm:
+        argv = self.command(env, image, paths)
+        # crosvm removes its socket only on an orderly exit; a stale one (from a crosvm
+        # that was killed) makes the next start fail with "Address already in use".
+        with contextlib.suppress(FileNotFoundError):
+            paths.control_socket.unlink()
+        process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
+        return CrosvmVmm(process, binary=argv[0], socket=paths.control_socket,
+                         control_timeout_s=self.control_timeout_s)
+
+    # -- availability ----------------------------------------------------------------------
+
+    async def unavailable(self, env: Environment) -> str | None:
+        found = self.lookup()
+        if found.problem is not None:
+            return found.problem
+        kvm = _kvm_problem()
+        if kvm is not None:
+            return kvm
+        ok, reason = await self.kvm_verdict(env)
+        if not ok:
+            return f"crosvm cannot boot a guest here: {reason}"
+        return None
+
+    def device_unavailable(self, env: Environment, device: str) -> str | None:
+        return device_unavailable(env, device)
+
+    def _verdict_key(self, env: Environment) -> str | None:
+        """Per (binary path, size, mtime): a rebuilt or replaced crosvm is probed again.
+
+        The arch is in the key because one binary boots only its host's arch under KVM
+        (the probe, not a guess, says so), and the probe image is, because a probe that
+        fails on an image that cannot boot must not condemn crosvm for the other images.
+        """
+        found = self.lookup()
+        if found.path is None:
+            return None
+        st = os.stat(found.path)
+        image = env.image.name if env.image.embedded else str(env.image.kernel)
+        return f"{found.path}|{st.st_size}|{st.st_mtime_ns}|{env.arch}|{image}"
+
+    def _verdict_file(self) -> Path:
+        return cache_dir() / PROBE_CACHE_FILE
+
+    def cached_verdict(self, env: Environment) -> tuple[bool, str] | None:
+        key = self._verdict_key(env)
+        if key is None:
+            return None
+        if key in self._verdicts:
+            return self._verdicts[key]
+        try:
+            entry = json.loads(self._verdict_file().read_text())[key]
+            verdict = (bool(entry["ok"]), str(entry["reason"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        self._verdicts[key] = verdict
+        return verdict
+
+    def store_verdict(self, env: Environment, ok: bool, reason: str) -> None:
+        """Record whether crosvm boots `env`'s arch here (also how a person overrides a probe)."""
+        key = self._verdict_key(env)
+        if key is None:
+            return
+        verdict = (ok, reason)
+        self._verdicts[key] = verdict
+        path = self._verdict_file()
+        with contextlib.suppress(OSError):  # a read-only cache costs a probe per run, no more
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict):
+                    data = {}
+            except (OSError, ValueError):
+                data = {}
+            data[key] = {"ok": verdict[0], "reason": verdict[1]}
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+            os.replace(tmp, path)
+
+    async def kvm_verdict(self, env: Environment) -> tuple[bool, str]:
+        """Whether crosvm really boots `env`'s guest here: a probe boot, once, then cached.
+
+        /dev/kvm opening proves nothing (a nested paravirtual KVM opens and then fails
+        every real guest), so the verdict is a boot to the profile's marker with crosvm
+        itself, under a short deadline.
+        """
+        async with self._probe_lock:  # concurrent environments share one probe
+            cached = self.cached_verdict(env)
+            if cached is not None:
+                return cached
+            if self._verdict_key(env) is None:
+                return False, NO_BINARY
+            try:
+                ok, reason = await probe_boot(self, env)
+            except HarnessError as e:  # e.g. an image crosvm cannot load: no boot, no verdict
+                return False, f"probe boot impossible: {e}"
+            self.store_verdict(env, ok, reason)
+            return ok, reason
+
+    # -- doctor ----------------------------------------------------------------------------
+
+    async def doctor(self, env_set: Iterable[Environment]) -> dict[str, Any]:
+        """What a person needs to see to know why crosvm environments run or are skipped."""
+        found = self.lookup()
+        report: dict[str, Any] = {
+            "binary": found.path, "source": found.source or None, "problem": found.problem,
+            "version": None, "options": {}, "missing_options": [], "kvm": _kvm_problem() or "ok",
+            "environments": {},
+        }
+        envs = [e for e in env_set if e.engine == "crosvm"]
+        if found.problem is not None:
+            for env in envs:
+                report["environments"][env.name] = found.problem
+            return report
+        assert found.path is not None
+        version = await _run_quiet([found.path, "version"])
+        report["version"] = version[1].strip() or version[2].strip() or None
+        helps = {}
+        for where, args in (("global", ["--help"]), ("run", ["run", "--help"])):
+            rc, out, err = await _run_quiet([found.path, *args])
+            helps[where] = out + err
+            if rc != 0:
+                report.setdefault("help_problems", []).append(
+                    f"`crosvm {' '.join(args)}` failed with status {rc}")
+        options: dict[str, bool] = {}
+        for env in envs:
+            argv = self.command(env, _placeholder_image(env), RunPaths(Path("/x")))
+            global_opts, run_opts = split_options(argv)
+            options |= {o: _mentions(helps["global"], o) for o in global_opts}
+            options |= {o: _mentions(helps["run"], o) for o in run_opts}
+        report["options"] = dict(sorted(options.items()))
+        report["missing_options"] = [o for o, ok in report["options"].items() if not ok]
+        for env in envs:
+            report["environments"][env.name] = await self.unavailable(env) or "ok"
+        return report
+
+
+def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The global `--flags` (before `run`) and the `run` options of a crosvm argv.
+
+    Values never start with `--` here (they are keyvalue strings, paths and numbers),
+    so every `--` item is an option.
+    """
+    at = argv.index("run")
+    global_opts = [a for a in argv[1:at] if a.startswith("--")]
+    run_opts = [a for a in argv[at + 1:-1] if a.startswith("--")]
+    return global_opts, run_opts
+
+
+def _mentions(help_text: str, option: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", help_text) is not None
+
+
+def _placeholder_image(env: Environment) -> GuestImage:
+    return GuestImage(name=env.image.name or "image", arch=env.arch, kernel=Path("/KERNEL"),
+                      initrd=Path("/INITRD"))
+
+
+async def _run_quiet(argv: list[str], timeout: float = 10.0) -> tuple[int, str, str]:
+    try:
+        with anyio.fail_after(timeout):
+            r = await anyio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
+    except (OSError, TimeoutError) as e:
+        return -1, "", str(e) or "timed out"
+    return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
+
+
+def _refuse_gzip(kernel: Path, arch: str) -> None:
+    """crosvm loads an ELF, a raw arm64 Image or an LZ4-framed one, never a gzip Image."""
+    try:
+        with open(kernel, "rb") as f:
+            magic = f.read(2)
+    except OSError:
+        return  # a missing kernel is for crosvm to report, with its own words
+    if magic == _GZIP_MAGIC:
+        hint = (" (use the uncompressed Image: gunzip it, or GuestImage.kernel_uncompressed)"
+                if arch == "arm64" else "")
+        raise HarnessError(f"{kernel} is gzip-compressed, and crosvm does not load a "
+                           f"gzip-compressed kernel{hint}")

@@ -1,0 +1,429 @@
+"""The crosvm engine's pure parts: argv, exit meanings, binary lookup, availability reasons.
+
+The argv is checked two ways: against crosvm's option rules written down here
+from shared/reference/crosvm.md (global flags first, `--flag value`, no
+deprecated flag, kernel last), and by feeding it to the crosvm double's own
+argh-style parser, which validates every keyvalue field the way crosvm does.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import socket
+import stat
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import pytest
+from crosvm_double.triple_fault import triple_fault_kernel
+
+from harness.engines import crosvm as crosvm_mod
+from harness.engines.base import ExitKind, RunPaths
+from harness.engines.crosvm import (
+    DEPRECATED_RUN_OPTIONS,
+    NO_BINARY,
+    RUN_OPTIONS,
+    CrosvmEngine,
+    device_unavailable,
+    find_binary,
+    split_options,
+)
+from harness.environments import DeviceConfig, Environment, ImageRef
+from harness.errors import HarnessError
+from harness.images.model import GuestImage
+
+DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
+
+# shared/reference/crosvm.md, "Deprecated flags": crosvm still accepts them, with a warning.
+SPEC_DEPRECATED = {
+    "--disk", "--root", "--rwdisk", "--rwroot", "--cid", "--host-ip", "--netmask", "--mac",
+    "--tap-name", "--tap-fd", "--vhost-net", "--kvm-device", "--split-irqchip", "--gpu-display",
+    "--pmem-device", "--vhost-vsock-device",
+}
+SPEC_GLOBAL_FLAGS = {"--extended-status", "--log-level", "--syslog-tag", "--no-syslog"}
+
+FULL = {
+    "serial": {"count": 2}, "rtc": {}, "virtio-blk": {"size_mib": 64},
+    "virtio-net": {"tap": "crosvm_tap"}, "virtio-rng": {}, "virtio-balloon": {},
+    "virtio-gpu": {}, "virtio-vsock": {"cid": 7}, "virtio-console": {}, "pvpanic": {},
+    "xhci": {},
+}
+MINIMAL = {"serial": {"count": 1}, "rtc": {}, "pvpanic": {}}
+
+
+def load_double() -> ModuleType:
+    """The double is an executable without a .py suffix; load it as a module to use its parser."""
+    loader = importlib.machinery.SourceFileLoader("crosvm_double_cli", str(DOUBLE))
+    spec = importlib.util.spec_from_loader("crosvm_double_cli", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["crosvm_double_cli"] = module  # its dataclasses look their module up by name
+    loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def double() -> ModuleType:
+    return load_double()
+
+
+def make_env(arch: str = "x86_64", devices: dict[str, dict[str, Any]] | None = None, *,
+             profile: str = "linux", kernel_args: tuple[str, ...] = (), name: str = "crosvm-env",
+             disable_sandbox: bool = True, cpus: int = 2, memory_mib: int = 768) -> Environment:
+    return Environment(
+        name=name,
+        dimensions={"device_type": "crosvm", "cpu": "x64" if arch == "x86_64" else "arm64"},
+        tags=(),
+        engine="crosvm",
+        arch=arch,
+        cpus=cpus,
+        memory_mib=memory_mib,
+        accel="auto",
+        kernel_args=kernel_args,
+        profile=profile,
+        image=ImageRef(name="debian-generic"),
+        devices=DeviceConfig(name="cfg", devices=dict(FULL if devices is None else devices)),
+        blocking=True,
+        disable_sandbox=disable_sandbox,
+    )
+
+
+def write_kernel(path: Path, arch: str, *, gzipped: bool = False) -> Path:
+    """A file with the header crosvm (and the double) identify kernels by."""
+    head = bytearray(0x400)
+    if arch == "x86_64":
+        head[0x202:0x206] = b"HdrS"
+        head[0x206:0x208] = struct.pack("<H", 0x020F)
+    else:
+        head[0x38:0x3C] = b"ARM\x64"
+    data = gzip.compress(bytes(head)) if gzipped else bytes(head)
+    path.write_bytes(data)
+    return path
+
+
+def make_image(tmp_path: Path, arch: str) -> GuestImage:
+    initrd = tmp_path / "initrd.cpio.gz"
+    initrd.write_bytes(gzip.compress(b""))
+    if arch == "x86_64":
+        kernel = write_kernel(tmp_path / "bzImage", arch)
+        return GuestImage("debian-generic", arch, kernel, initrd, kernel_uncompressed=kernel)
+    packed = write_kernel(tmp_path / "Image.gz", arch, gzipped=True)
+    raw = write_kernel(tmp_path / "Image", arch)
+    return GuestImage("debian-generic", arch, packed, initrd, kernel_uncompressed=raw)
+
+
+def paths_for(tmp_path: Path, disks: int = 0) -> RunPaths:
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    disk_paths = []
+    for i in range(disks):
+        disk = work / f"disk{i}.img"
+        disk.write_bytes(b"\0" * 4096)
+        disk_paths.append(disk)
+    return RunPaths(workdir=work, disks=tuple(disk_paths))
+
+
+def option_values(argv: list[str], option: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == option]
+
+
+ENGINE = CrosvmEngine(binary=str(DOUBLE))
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
+@pytest.mark.parametrize("devices", [FULL, MINIMAL], ids=["full", "minimal"])
+def test_argv_follows_crosvm_rules(tmp_path: Path, arch: str, devices: dict[str, Any],
+                                   double: ModuleType) -> None:
+    image = make_image(tmp_path, arch)
+    paths = paths_for(tmp_path, disks=2 if "virtio-blk" in devices else 0)
+    argv = ENGINE.command(make_env(arch, devices), image, paths)
+
+    assert argv[0] == str(DOUBLE)
+    run = argv.index("run")
+    assert argv[1:run] == ["--extended-status", "--log-level", "info", "--no-syslog"]
+    global_opts, run_opts = split_options(argv)
+    assert set(global_opts) <= SPEC_GLOBAL_FLAGS
+    assert set(run_opts) <= RUN_OPTIONS
+    assert not set(run_opts) & SPEC_DEPRECATED
+    # argh's form: `--flag value`, two argv items, never `--flag=value`.
+    assert not [a for a in argv if a.startswith("--") and "=" in a]
+    # The kernel is the one positional, last; on arm64 the uncompressed Image.
+    assert argv[-1] == str(image.crosvm_kernel)
+    if arch == "arm64":
+        assert argv[-1] != str(image.kernel)
+    assert option_values(argv, "--initrd") == [str(image.initrd)]
+    assert option_values(argv, "--socket") == [str(paths.control_socket)]
+    assert option_values(argv, "--cpus") == ["num-cores=2"]
+    assert option_values(argv, "--mem") == ["size=768"]
+
+    # The double parses it exactly as crosvm's argh would, keyvalue fields included.
+    g, rest = double.parse_globals(double.prepare_args(argv[1:]))
+    assert g.extended_status and g.no_syslog and rest[0] == "run"
+    cfg = double.parse_run(rest[1:])
+    assert cfg.kernel == str(image.crosvm_kernel)
+    assert set(run_opts) <= set(double.RUN_OPTIONS)
+
+
+def test_engine_and_double_agree_with_the_spec_on_deprecated_flags(double: ModuleType) -> None:
+    assert set(DEPRECATED_RUN_OPTIONS) == SPEC_DEPRECATED
+    assert set(double.DEPRECATED_RUN_OPTIONS) == SPEC_DEPRECATED
+    assert not RUN_OPTIONS & SPEC_DEPRECATED
+
+
+def test_console_serial_reads_stdin(tmp_path: Path, double: ModuleType) -> None:
+    argv = ENGINE.command(make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path))
+    consoles = []
+    for value in option_values(argv, "--serial"):
+        params = double.validate_serial(double.parse_keyvalues(value, double.SERIAL))
+        if params.get("console"):
+            consoles.append(params)
+    assert len(consoles) == 1
+    console = consoles[0]
+    assert console["type"] == "stdout" and console["hardware"] == "serial"
+    assert console["num"] == 1 and console["stdin"] is True
+    assert console.get("earlycon") is True
+
+
+def test_devices_map_to_crosvm_options(tmp_path: Path) -> None:
+    image = make_image(tmp_path, "x86_64")
+    full = ENGINE.command(make_env(devices=FULL), image, paths_for(tmp_path, disks=2))
+    assert option_values(full, "--block") == [
+        f"path={tmp_path / 'work' / 'disk0.img'}", f"path={tmp_path / 'work' / 'disk1.img'}"]
+    assert option_values(full, "--net") == ["tap-name=crosvm_tap"]
+    assert option_values(full, "--gpu") == ["backend=2d"]
+    assert option_values(full, "--vsock") == ["cid=7"]
+    assert "type=sink,hardware=virtio-console,num=1" in option_values(full, "--serial")
+    assert not {"--no-balloon", "--no-rng", "--no-usb"} & set(full)
+    assert "--disable-sandbox" in full
+
+    minimal = ENGINE.command(make_env(devices=MINIMAL, disable_sandbox=False), image,
+                             paths_for(tmp_path))
+    assert {"--no-balloon", "--no-rng", "--no-usb"} <= set(minimal)
+    assert not {"--net", "--gpu", "--vsock", "--block", "--disable-sandbox"} & set(minimal)
+
+    # virtio-net without a TAP: nothing crosvm could run; the tests that need it are skipped.
+    no_tap = ENGINE.command(make_env(devices={"virtio-net": {}}), image, paths_for(tmp_path))
+    assert "--net" not in no_tap
+
+
+def test_keyvalue_values_are_quoted_when_they_would_split(tmp_path: Path,
+                                                          double: ModuleType) -> None:
+    odd = tmp_path / 'a,b=c"d\\e[f]'
+    odd.mkdir()
+    disk = odd / "disk.img"
+    disk.write_bytes(b"\0" * 512)
+    paths = RunPaths(workdir=tmp_path / "work", disks=(disk,))
+    (tmp_path / "work").mkdir()
+    argv = ENGINE.command(make_env(devices=MINIMAL), make_image(tmp_path, "x86_64"), paths)
+    [value] = option_values(argv, "--block")
+    assert double.parse_keyvalues(value, double.BLOCK) == {"path": str(disk)}
+
+
+def test_params_carry_profile_then_environment_args(tmp_path: Path) -> None:
+    image = make_image(tmp_path, "x86_64")
+    linux = ENGINE.command(make_env(kernel_args=("quiet", "harness.loglevel=7")), image,
+                           paths_for(tmp_path))
+    [params] = option_values(linux, "--params")
+    words = params.split(" ")
+    assert words[-2:] == ["quiet", "harness.loglevel=7"]
+    # crosvm adds console=ttyS0 itself for the `console` serial: a second one would double it.
+    assert not [w for w in words if w.startswith("console=")]
+
+    zircon = ENGINE.command(make_env(profile="zircon", kernel_args=("kernel.foo=1",),
+                                     name="fuchsia-crosvm"), image, paths_for(tmp_path))
+    [params] = option_values(zircon, "--params")
+    words = params.split(" ")
+    assert words[0] == "kernel.halt-on-panic=true"
+    assert "kernel.serial=legacy" in words and "zircon.nodename=fuchsia-crosvm" in words
+    assert words[-1] == "kernel.foo=1"
+    # A ZBI is crosvm's initrd.
+    assert option_values(zircon, "--initrd") == [str(image.initrd)]
+
+
+def test_command_is_pure(tmp_path: Path) -> None:
+    env, image, paths = make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path)
+    before = sorted(os.listdir(paths.workdir))
+    assert ENGINE.command(env, image, paths) == ENGINE.command(env, image, paths)
+    assert sorted(os.listdir(paths.workdir)) == before
+
+
+def test_gzip_arm64_image_is_refused(tmp_path: Path) -> None:
+    packed = write_kernel(tmp_path / "Image.gz", "arm64", gzipped=True)
+    image = GuestImage("debian-generic", "arm64", packed, None)  # no uncompressed Image
+    with pytest.raises(HarnessError, match=r"gzip-compressed.*uncompressed Image"):
+        ENGINE.command(make_env("arm64"), image, paths_for(tmp_path))
+
+
+@pytest.mark.parametrize(("rc", "kind", "words"), [
+    (0, ExitKind.STOP, "triple-fault"),
+    (32, ExitKind.RESET, "launches it again"),
+    (33, ExitKind.CRASH, "vCPU"),
+    (34, ExitKind.PANIC, "pvpanic"),
+    (35, ExitKind.INVALID_ARGS, "invalid arguments"),
+    (36, ExitKind.WATCHDOG, "stall detector"),
+    (1, ExitKind.ERROR, "building the VM"),
+    (-15, ExitKind.KILLED, "SIGTERM"),
+    (-9, ExitKind.KILLED, "SIGKILL"),
+    (7, ExitKind.ERROR, "does not define"),
+])
+def test_exit_classification(rc: int, kind: ExitKind, words: str) -> None:
+    info = ENGINE.classify_exit(rc)
+    assert info.kind is kind
+    assert info.returncode == rc
+    assert words in info.explanation
+    assert "\n" not in info.explanation
+    assert info.infra is (kind in (ExitKind.INVALID_ARGS, ExitKind.ERROR, ExitKind.KILLED,
+                                   ExitKind.CRASH))
+
+
+# -- binary lookup and availability ------------------------------------------------------------
+
+
+async def test_no_binary_is_a_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_CROSVM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no crosvm on PATH
+    engine = CrosvmEngine()
+    assert await engine.unavailable(make_env()) == NO_BINARY
+    assert engine.binary == "crosvm"  # argv[0] still names what is missing
+
+
+async def test_harness_crosvm_pointing_nowhere(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-crosvm"
+    monkeypatch.setenv("HARNESS_CROSVM", str(missing))
+    reason = await CrosvmEngine().unavailable(make_env())
+    assert reason == f"HARNESS_CROSVM={missing}: no such file"
+
+    not_exec = tmp_path / "crosvm"
+    not_exec.write_text("#!/bin/sh\n")
+    not_exec.chmod(0o644)
+    monkeypatch.setenv("HARNESS_CROSVM", str(not_exec))
+    assert await CrosvmEngine().unavailable(make_env()) == (
+        f"HARNESS_CROSVM={not_exec}: not an executable file")
+
+
+def test_binary_lookup_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    on_path = tmp_path / "bin" / "crosvm"
+    on_path.parent.mkdir()
+    shutil.copy(DOUBLE, on_path)
+    on_path.chmod(0o755)
+    environ = {"PATH": str(on_path.parent)}
+    assert find_binary(environ=environ).source == "PATH"
+    assert find_binary(environ=environ).path == str(on_path)
+    environ["HARNESS_CROSVM"] = str(DOUBLE)
+    assert find_binary(environ=environ) == crosvm_mod.BinaryLookup(str(DOUBLE), "HARNESS_CROSVM")
+    assert find_binary(str(on_path), environ=environ).source == "argument"
+    monkeypatch.setenv("HARNESS_CROSVM", str(DOUBLE))
+    assert CrosvmEngine().binary == str(DOUBLE)
+
+
+def test_kvm_verdict_cache_is_keyed_by_binary(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    binary = tmp_path / "crosvm"
+    shutil.copy(DOUBLE, binary)
+    binary.chmod(0o755)
+    env = make_env()
+    engine = CrosvmEngine(binary=str(binary))
+    assert engine.cached_verdict(env) is None
+    engine.store_verdict(env, False, "probe boot did not reach the shell in 45 s")
+    # Another engine (another run) reads it from disk.
+    assert CrosvmEngine(binary=str(binary)).cached_verdict(env) == (
+        False, "probe boot did not reach the shell in 45 s")
+    assert CrosvmEngine(binary=str(binary)).cached_verdict(make_env("arm64")) is None
+    # A replaced binary (other size and mtime) is probed again.
+    binary.write_bytes(binary.read_bytes() + b"\n# rebuilt\n")
+    os.utime(binary, ns=(1, 1))
+    assert CrosvmEngine(binary=str(binary)).cached_verdict(env) is None
+
+
+@pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
+async def test_unavailable_reports_the_cached_probe_verdict(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    engine = CrosvmEngine(binary=str(DOUBLE))
+    engine.store_verdict(make_env(), False, "probe boot under KVM failed: emulation failure")
+    assert await engine.unavailable(make_env()) == (
+        "crosvm cannot boot a guest here: probe boot under KVM failed: emulation failure")
+    engine.store_verdict(make_env(), True, "probe boot under KVM reached the shell in 1.0 s")
+    assert await engine.unavailable(make_env()) is None
+
+
+def test_device_unavailable_reasons(tmp_path: Path) -> None:
+    no_net = make_env(devices=MINIMAL)
+    assert "has no virtio-net" in (device_unavailable(no_net, "virtio-net") or "")
+    no_tap = make_env(devices={"virtio-net": {}})
+    assert "needs a TAP device" in (device_unavailable(no_tap, "virtio-net") or "")
+    assert "devices.virtio-net.tap" in (device_unavailable(no_tap, "virtio-net") or "")
+    # A name the kernel refuses can never be opened, whoever runs this.
+    bad_tap = make_env(devices={"virtio-net": {"tap": "bad/tap"}})
+    reason = device_unavailable(bad_tap, "virtio-net") or ""
+    assert "bad/tap" in reason or "/dev/net/tun" in reason
+    assert device_unavailable(make_env(), "virtio-rng") is None
+    vsock = make_env(devices={"virtio-vsock": {"cid": 3}})
+    if not os.path.exists("/dev/vhost-vsock"):
+        assert "/dev/vhost-vsock" in (device_unavailable(vsock, "virtio-vsock") or "")
+
+
+async def test_doctor_checks_options_against_help(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    engine = CrosvmEngine(binary=str(DOUBLE))
+    envs = [make_env("x86_64", FULL, name="a"), make_env("arm64", MINIMAL, name="b")]
+    for env in envs:  # no probe boot in a unit test: the verdicts are known
+        engine.store_verdict(env, True, "probe boot reached the shell")
+    report = await engine.doctor(envs)
+    assert report["binary"] == str(DOUBLE) and report["source"] == "argument"
+    assert report["version"].startswith("crosvm ")
+    assert report["missing_options"] == []
+    assert {"--extended-status", "--serial", "--no-balloon", "--gpu"} <= set(report["options"])
+    kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    assert report["environments"] == ({"a": "ok", "b": "ok"} if kvm_ok else
+                                      {"a": report["kvm"], "b": report["kvm"]})
+
+
+async def test_doctor_without_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("HARNESS_CROSVM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    report = await CrosvmEngine().doctor([make_env(name="a")])
+    assert report["binary"] is None and report["problem"] == NO_BINARY
+    assert report["environments"] == {"a": NO_BINARY}
+
+
+# -- launch -------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                    reason="the crosvm double needs qemu-system-x86_64")
+async def test_launch_removes_a_stale_control_socket(tmp_path: Path) -> None:
+    paths = paths_for(tmp_path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(paths.control_socket))
+    stale.close()  # what a killed crosvm leaves behind
+    assert stat.S_ISSOCK(os.stat(paths.control_socket).st_mode)
+    kernel = triple_fault_kernel(tmp_path / "triple.bzImage")
+    image = GuestImage("triple", "x86_64", kernel, None)
+    master, slave = os.openpty()
+    try:
+        vmm = await ENGINE.launch(make_env(devices=MINIMAL), image, paths, slave)
+        try:
+            with anyio.fail_after(30):
+                rc = await vmm.wait()
+        finally:
+            await vmm.kill()
+    finally:
+        os.close(master)
+        os.close(slave)
+    log = paths.stderr_log.read_text()
+    assert "Address already in use" not in log
+    # crosvm reports an x86 triple fault as a stop, and removes its socket on that exit.
+    assert ENGINE.classify_exit(rc).kind is ExitKind.STOP, log
+    assert not paths.control_socket.exists()
