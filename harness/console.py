@@ -35,7 +35,7 @@ SEARCH_WINDOW = 8192
 MAX_READ = 65536
 BEFORE_CAP = 4 << 20  # bytes of output kept for a command's result; the log has everything
 TAIL_BYTES = 16384
-_ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
 
 
 class ConsoleError(HarnessError):
@@ -91,7 +91,12 @@ class _BoundedBuffer(io.BytesIO):
 
 
 class _Spawn(pexpect.fdpexpect.fdspawn):
-    buffer_type = _BoundedBuffer
+    def __init__(self, fd: int, **kwargs: object) -> None:
+        super().__init__(fd, **kwargs)  # type: ignore[arg-type]
+        # pexpect sets these per instance; bound them (see _BoundedBuffer).
+        self.buffer_type = _BoundedBuffer
+        self._buffer = _BoundedBuffer()
+        self._before = _BoundedBuffer()
 
 
 class SerialLog:
@@ -278,12 +283,13 @@ class Console:
 
         The markers are split by quotes when sent, so the terminal's echo of the
         command line never contains them whole (labgrid); the status is printed
-        by a format string, so the echo holds `%d`, never digits (LAVA). `eval`
-        keeps the shell's state and turns a syntax error into a status.
+        by a format string, so the echo holds `%d`, never digits (LAVA). `command
+        eval` keeps the shell's state, and `command` stops a syntax error in the
+        command from abandoning the rest of the line (the end marker).
         """
         token = secrets.token_hex(6)
         begin, end = f"{token}B", f"{token}E"
-        line = (f"printf '%s\\n' {token}''B; eval {shlex.quote(command)}; "
+        line = (f"printf '%s\\n' {token}''B; command eval {shlex.quote(command)}; "
                 f"printf '%s:%d\\n' {token}''E $?")
         started = time.monotonic()
         self.sendline(line)

@@ -88,12 +88,18 @@ class Guest:
         self.workdir = workdir or private_workdir(f"harness-{env.name}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
         self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
+        try:
+            # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
+            self.command_line: list[str] = engine.command(env, image, self.paths)
+        except BaseException:
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
         self.log = SerialLog(serial_log, cap=log_cap)
         self.console = Console(self.log, self.profile)
         self.vmm: Vmm | None = None
         self.boots: list[Boot] = []
         self.exits: list[ExitInfo] = []
-        self.command_line: list[str] = engine.command(env, image, self.paths)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,7 +122,7 @@ class Guest:
         return await self.wait_boot(self.env.boot_timeout_s)
 
     async def wait_reset(self, timeout: float | None = None) -> Boot:
-        """The guest is resetting on its own (a panic with the reset policy): wait for the new boot."""
+        """The guest resets on its own (a panic under the reset policy): wait for the new boot."""
         self.boots.append(Boot(len(self.boots) + 1, time.monotonic()))
         return await self.wait_boot(timeout or self.env.boot_timeout_s)
 

@@ -35,7 +35,10 @@ async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
         return False, f"probe boot impossible: {e}"
     probe_env = dataclasses.replace(env, accel="kvm", boot_timeout_s=PROBE_TIMEOUT_S)
     with tempfile.TemporaryDirectory(prefix="harness-kvm-probe-") as tmp:
-        guest = Guest(probe_env, engine, image, Path(tmp) / "serial.log")
+        try:
+            guest = Guest(probe_env, engine, image, Path(tmp) / "serial.log")
+        except HarnessError as e:
+            return False, f"probe boot impossible: {e}"
         try:
             with anyio.fail_after(PROBE_TIMEOUT_S + 15):
                 boot = await guest.start()

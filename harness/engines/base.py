@@ -78,9 +78,14 @@ class Vmm(abc.ABC):
         raise Unsupported("this engine has no power button")
 
     async def balloon(self, size_bytes: int) -> None:
+        """Inflate the balloon so that it holds `size_bytes` taken from the guest (0: deflate).
+
+        crosvm's meaning, the one suites use; QEMU's target-size value is derived from it.
+        """
         raise Unsupported("this engine has no balloon control")
 
     async def balloon_stats(self) -> dict[str, Any]:
+        """At least `balloon_actual`: bytes the balloon holds now."""
         raise Unsupported("this engine has no balloon statistics")
 
     async def suspend(self) -> None:

@@ -94,9 +94,10 @@ def qemu_command(
 class QemuVmm(ProcessVmm, Vmm):
     """A running QEMU with its QMP connection and the events seen so far."""
 
-    def __init__(self, process: Any, qmp: QMPClient | None) -> None:
+    def __init__(self, process: Any, qmp: QMPClient | None, memory_mib: int = 0) -> None:
         super().__init__(process)
         self.qmp = qmp
+        self.memory_bytes = memory_mib << 20
         self.shutdown_reason: str | None = None
         self.panicked = False
         self.events: list[dict[str, Any]] = []
@@ -145,12 +146,15 @@ class QemuVmm(ProcessVmm, Vmm):
         await self._execute("system_powerdown")
 
     async def balloon(self, size_bytes: int) -> None:
-        """Set the guest's memory to `size_bytes` (QEMU's balloon value is the target size)."""
-        await self._execute("balloon", {"value": int(size_bytes)})
+        """Take `size_bytes` from the guest (QEMU's own value is the guest's target size)."""
+        if not 0 <= size_bytes < self.memory_bytes:
+            raise HarnessError(f"balloon size {size_bytes} outside 0..{self.memory_bytes}")
+        await self._execute("balloon", {"value": self.memory_bytes - int(size_bytes)})
 
     async def balloon_stats(self) -> dict[str, Any]:
         info = await self._execute("query-balloon")
-        return {"actual": int(info["actual"])}
+        guest = int(info["actual"])
+        return {"balloon_actual": self.memory_bytes - guest, "guest_memory": guest}
 
     async def suspend(self) -> None:
         await self._execute("stop")
@@ -228,7 +232,7 @@ class QemuEngine(Engine):
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
         process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
-        vmm = QemuVmm(process, None)
+        vmm = QemuVmm(process, None, env.memory_mib)
         try:
             vmm.attach_qmp(await self._connect_qmp(qmp_path, process))
         except BaseException:

@@ -1,0 +1,166 @@
+"""Console against a real shell on a pty: the same wire a guest's serial console gives.
+
+No VM is needed to test what the console itself must get right (markers robust to
+echo, exit statuses, CR/LF and escape sequences, crash signatures, EOF, floods),
+so these run in seconds; tests/test_qemu_integration.py does it on real guests.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from harness.console import (
+    Console,
+    ConsoleEOF,
+    ConsoleTimeout,
+    GuestCrashed,
+    SerialLog,
+    clean_output,
+    open_console_pty,
+)
+from harness.profiles import get_profile
+
+class ShellPeer:
+    """busybox sh on a pty, with the guest init's prompt: stands in for a guest console."""
+
+    def __init__(self, tmp: Path) -> None:
+        master, slave = open_console_pty()
+        env = {"PS1": "harness# ", "PATH": "/usr/bin:/bin", "HOME": str(tmp), "ENV": ""}
+        # Cooked mode with echo, as a guest's ttyS0 is; only the host side is raw.
+        self.proc = subprocess.Popen(
+            ["busybox", "sh", "-c", "stty sane; echo HARNESS-BOOT-OK boot_id=$(cat /proc/sys/kernel/random/boot_id) uptime=0; "
+             "exec busybox sh -i"],
+            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+        )
+        os.close(slave)
+        self.log = SerialLog(tmp / "serial.log")
+        self.console = Console(self.log, get_profile("linux"))
+        self.console.attach(master)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.console.detach()
+        self.log.close()
+
+
+@pytest.fixture
+async def peer(tmp_path: Path) -> AsyncIterator[ShellPeer]:
+    p = ShellPeer(tmp_path)
+    try:
+        await p.console.expect([p.console.profile.boot_marker], 10, what="boot marker")
+        await p.console.expect([p.console.profile.prompt], 10, what="prompt")
+        yield p
+    finally:
+        p.close()
+
+
+async def test_run_returns_status_and_output(peer: ShellPeer) -> None:
+    r = await peer.console.run("echo hello; echo world >&2; (exit 7)")
+    assert r.status == 7
+    assert r.output.splitlines() == ["hello", "world"]
+
+
+async def test_run_keeps_shell_state_and_survives_syntax_errors(peer: ShellPeer) -> None:
+    await peer.console.run("X=kept; cd /")
+    r = await peer.console.run("echo $X $(pwd)")
+    assert r.output.strip() == "kept /"
+    bad = await peer.console.run("if then fi")
+    assert bad.status != 0
+    after = await peer.console.run("echo still-alive")
+    assert (after.status, after.output.strip()) == (0, "still-alive")
+
+
+async def test_output_with_quotes_markers_lookalikes_and_no_newline(peer: ShellPeer) -> None:
+    r = await peer.console.run("""printf '%s' "it's \\"quoted\\" $((1+1))"; printf ':%d' 5""")
+    assert r.status == 0
+    assert r.output == 'it\'s "quoted" 2:5'
+
+
+async def test_crlf_and_escape_sequences_are_cleaned(peer: ShellPeer) -> None:
+    r = await peer.console.run(r"printf 'a\r\r\nb\033[6n\033[1;31mred\033[0m\n'")
+    assert r.output == "a\nbred\n"
+
+
+async def test_invalid_utf8_does_not_raise(peer: ShellPeer) -> None:
+    r = await peer.console.run(r"printf '\377\376ok\n'")
+    assert r.status == 0
+    assert r.output.endswith("ok\n")
+    assert "\ufffd" in r.output
+
+
+async def test_many_lines_come_back_complete(peer: ShellPeer) -> None:
+    r = await peer.console.run("seq 1 20000")
+    assert r.output.split() == [str(i) for i in range(1, 20001)]
+
+
+async def test_timeout_names_the_command_and_carries_the_tail(peer: ShellPeer) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(ConsoleTimeout) as err:
+        await peer.console.run("echo before-sleep; sleep 30", timeout=1.0)
+    assert time.monotonic() - t0 < 5
+    assert "sleep 30" in str(err.value)
+    assert "before-sleep" in err.value.tail
+
+
+async def test_panic_line_fails_at_once_with_the_excerpt(peer: ShellPeer) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(GuestCrashed) as err:
+        await peer.console.run(
+            "printf '[   12.345678] Kernel panic - not syncing: sysrq triggered crash\\n"
+            "[   12.345900] CPU: 0 PID: 94 Comm: sh\\n'; sleep 30", timeout=60)
+    assert time.monotonic() - t0 < 3, "a panic must not wait for the command's timeout"
+    assert "Kernel panic - not syncing: sysrq triggered crash" in err.value.crash.excerpt
+
+
+async def test_echoed_command_text_is_not_a_panic(peer: ShellPeer) -> None:
+    # The command line (echoed by the tty) contains the words, but not as a kernel log line.
+    r = await peer.console.run("echo 'not a Kernel panic - not syncing line' > /dev/null")
+    assert r.status == 0
+
+
+async def test_eof_when_the_peer_exits(peer: ShellPeer) -> None:
+    peer.console.sendline("exit")
+    with pytest.raises(ConsoleEOF):
+        await peer.console.expect([rb"never-printed"], 10, what="nothing")
+
+
+async def test_log_has_everything_in_order(peer: ShellPeer) -> None:
+    await peer.console.run("echo first-line")
+    await peer.console.run("echo second-line")
+    data = peer.log.path.read_bytes()
+    assert data.index(b"HARNESS-BOOT-OK") < data.index(b"first-line") < data.index(b"second-line")
+
+
+async def test_flood_is_logged_and_memory_stays_bounded(peer: ShellPeer) -> None:
+    """100 MB through the console: the whole log on disk, the harness's memory bounded."""
+    size = 100 * 1000 * 1000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = await peer.console.run(f"head -c {size} /dev/zero | tr '\\0' 'x'; echo", timeout=300)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert r.status == 0
+    assert peer.log.path.stat().st_size > size
+    # pexpect's buffers are capped (BEFORE_CAP, 4 MiB); everything else went to disk.
+    assert grown_mib < 64, f"peak memory grew by {grown_mib:.0f} MiB during a 100 MB flood"
+
+
+def test_log_cap_notes_the_cut(tmp_path: Path) -> None:
+    log = SerialLog(tmp_path / "serial.log", cap=1000)
+    for _ in range(10):
+        log.write(b"y" * 300)
+    log.close()
+    data = (tmp_path / "serial.log").read_bytes()
+    assert data.startswith(b"y" * 1000)
+    assert b"serial log capped at 1000 bytes" in data
+    assert len(data) < 1200
+
+
+def test_clean_output() -> None:
+    assert clean_output(b"a\r\r\nb\x1b[?7l\x1b]0;t\x07c\r\n") == "a\nbc\n"
