@@ -27,6 +27,7 @@ from harness.console import (
 )
 from harness.profiles import get_profile
 
+
 class ShellPeer:
     """busybox sh on a pty, with the guest init's prompt: stands in for a guest console."""
 
