@@ -15,8 +15,9 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -247,6 +248,25 @@ class Guest:
             raise HarnessError(f"profile {self.profile.name} has no way to panic the guest")
         self.console.sendline(self.profile.panic_command)
         return await self.console.wait_crash(timeout)
+
+    async def balloon(self, size_bytes: int) -> None:
+        """Inflate the balloon to hold `size_bytes` of the guest's memory (0 deflates)."""
+        if self.vmm is None:
+            raise HarnessError("the VMM is not running")
+        await self.vmm.balloon(size_bytes)
+
+    async def balloon_stats(self) -> dict[str, Any]:
+        if self.vmm is None:
+            raise HarnessError("the VMM is not running")
+        return await self.vmm.balloon_stats()
+
+    def expected_devices(self) -> frozenset[str]:
+        """The configured devices plus what the engine always adds."""
+        return frozenset(self.env.devices.devices) | self.engine.implicit_devices(self.env)
+
+    @property
+    def capabilities(self) -> Mapping[str, Any]:
+        return self.image.capabilities
 
     def vmm_stderr(self, limit: int = 4000) -> str:
         try:

@@ -119,6 +119,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def classify_exit(self, returncode: int) -> ExitInfo: ...
 
+    def implicit_devices(self, env: Environment) -> frozenset[str]:
+        """Devices this engine presents whether or not the configuration names them."""
+        return frozenset({"rtc", "serial"})
+
     def accel(self, env: Environment) -> str:
         """The accelerator this engine will use for `env` (after probing, where it probes)."""
         return "kvm"

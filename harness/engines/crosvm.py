@@ -338,6 +338,10 @@ class CrosvmEngine(Engine):
 
     # -- exit ------------------------------------------------------------------------------
 
+    def implicit_devices(self, env: Environment) -> frozenset[str]:
+        """crosvm always has pvpanic, an RTC and its UARTs (rng, balloon, xHCI go by --no-*)."""
+        return frozenset({"rtc", "serial", "pvpanic"})
+
     def classify_exit(self, returncode: int) -> ExitInfo:
         if returncode < 0:
             return ExitInfo(ExitKind.KILLED, returncode,

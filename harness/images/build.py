@@ -899,6 +899,7 @@ def _image_from_dir(path: Path) -> GuestImage:
         kernel_uncompressed=kernel,
         kernel_version=manifest["kernel_version"],
         digest=manifest["digest"],
+        capabilities=manifest.get("capabilities", {}),
     )
 
 

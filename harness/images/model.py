@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +24,10 @@ class GuestImage:
     kernel_uncompressed: Path | None = None
     kernel_version: str = ""
     digest: str = ""
+    # What the guest kernel can do (power_button, pvpanic, virtio_gpu, usb_xhci,
+    # kernel_test_modules): Debian's arm64 kernel has no pvpanic, the cloud one no GPU.
+    # Empty for images given as plain files: nothing is assumed about them.
+    capabilities: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def crosvm_kernel(self) -> Path:
