@@ -63,9 +63,19 @@ class Boot:
     relaunch: bool = False
 
 
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
 def private_workdir(prefix: str = "harness-") -> Path:
-    """A fresh 0700 directory for sockets and disks in flight; unique per guest and run."""
-    base = os.environ.get("XDG_RUNTIME_DIR") if os.environ.get("XDG_RUNTIME_DIR") else None
+    """A fresh 0700 directory for sockets and disks in flight; unique per guest and run.
+
+    Control sockets live in it, and a Unix socket path must fit in 108 bytes: when
+    TMPDIR (or XDG_RUNTIME_DIR) is too deep for that, /tmp is used instead.
+    """
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    # mkdtemp adds 8 characters; the longest name placed inside is "control.sock".
+    if len(os.path.join(base, prefix)) + 8 + len("/control.sock") > SOCKET_PATH_MAX:
+        base = "/tmp"
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
@@ -86,7 +96,7 @@ class Guest:
         self.engine = engine
         self.image = image
         self.profile: Profile = get_profile(env.profile)
-        self.workdir = workdir or private_workdir(f"harness-{env.name}-")
+        self.workdir = workdir or private_workdir(f"harness-{env.name[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
         self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
         try:

@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -235,7 +236,7 @@ class Runner:
                 guest.log.mark(f"test {run.spec.name}: guest shared, booted earlier")
                 (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
             ctx = TestContext(guest=guest, env=env, spec=run.spec, folder=folder,
-                              params=dict(getattr(run.spec, "extra", {}) or {}))
+                              params=spec_params(run.spec))
             func = test.func if test else _program_test
             try:
                 with anyio.fail_after(timeout):
@@ -298,7 +299,7 @@ class Runner:
                    ) -> Guest:
         from harness.guest import private_workdir
 
-        workdir = private_workdir(f"harness-{safe_name(env.name)}-")
+        workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         disks = make_disks(env, workdir)
         return Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
                      log_cap=self.opt.log_cap, own_workdir=True)
@@ -348,6 +349,13 @@ class Runner:
     def _say(self, line: str) -> None:
         if self.opt.progress:
             print(line, file=sys.stderr, flush=True)
+
+
+def spec_params(spec: Any) -> dict[str, Any]:
+    """A test's parameters: the fields of its tests.json entry Fuchsia's format does not define
+    (`test.args`, `test.format`, `reboot_cycles`, ...), reachable without the `test.` prefix."""
+    extra = dict(getattr(spec, "extra", {}) or {})
+    return {**extra, **{k.removeprefix("test."): v for k, v in extra.items()}}
 
 
 def progress_line(result: TestResult, done: int, total: int) -> str:

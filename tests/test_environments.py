@@ -129,3 +129,24 @@ def test_cli_exits_2_with_the_location(tmp_path: Path, good: dict) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"{path}: environment 'qemu-arm64': field 'memory_mib': expected int" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_private_workdir_falls_back_when_sockets_would_not_fit(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from harness.guest import SOCKET_PATH_MAX, private_workdir
+
+    deep = tmp_path / ("d" * 90)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    work = private_workdir("harness-qemu-x64-")
+    try:
+        assert len(str(work / "control.sock")) <= SOCKET_PATH_MAX
+        assert str(work).startswith("/tmp/")
+        assert os.stat(work).st_mode & 0o777 == 0o700
+    finally:
+        work.rmdir()
