@@ -36,7 +36,8 @@ class ShellPeer:
         env = {"PS1": "harness# ", "PATH": "/usr/bin:/bin", "HOME": str(tmp), "ENV": ""}
         # Cooked mode with echo, as a guest's ttyS0 is; only the host side is raw.
         self.proc = subprocess.Popen(
-            ["busybox", "sh", "-c", "stty sane; echo HARNESS-BOOT-OK boot_id=$(cat /proc/sys/kernel/random/boot_id) uptime=0; "
+            ["busybox", "sh", "-c", "stty sane; echo HARNESS-BOOT-OK "
+             "boot_id=$(cat /proc/sys/kernel/random/boot_id) uptime=0; "
              "exec busybox sh -i"],
             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
         )
