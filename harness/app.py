@@ -48,8 +48,10 @@ def image_for(env: Environment, *, build: bool = True) -> GuestImage:
 
 def load_inputs(args: argparse.Namespace) -> tuple[list[TestSpec], EnvironmentSet,
                                                      dict[str, SuiteTest]]:
+    from harness.cli import suite_paths
+
     envs = envmod.load(args.environments)
-    tests = registry()
+    tests = registry(extra_paths=suite_paths(args))
     if args.tests:
         specs = load_specs(args.tests)
     else:

@@ -34,6 +34,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                    help="only environments carrying this tag")
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
                    help="only this suite (repeatable)")
+    p.add_argument("--suite-path", action="append", default=[], metavar="PATH",
+                   help="also load suites from these .py files or directories (a suite is a "
+                        "module of @guest_test functions; also HARNESS_SUITE_PATH, ':'-separated)")
     p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
                    help="only tests whose name matches (fnmatch; repeatable)")
     p.add_argument("--shard-index", type=int, metavar="I",
@@ -89,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="combine shard results into one junit.xml/summary.json")
     merge.add_argument("dirs", nargs="+")
     merge.add_argument("--out", required=True)
+
+    # -- stability and repro (issue 5) --
+    stab = sub.add_parser("stability", help="pass rates, flakes and boot-time trends across "
+                          "runs; which FYI environments are ready to be made blocking")
+    stab.add_argument("dirs", nargs="+", metavar="RESULTS_DIR",
+                      help="a run directory, or a folder of run directories")
+    stab.add_argument("--last", type=int, default=5, metavar="K",
+                      help="an FYI environment is ready after passing its last K runs "
+                           "(default 5)")
+    stab.add_argument("--json", action="store_true", help="machine-readable, for dashboards")
+
+    repro = sub.add_parser("repro", help="re-run one test of a results directory, exactly")
+    repro.add_argument("results_dir", metavar="RESULTS_DIR")
+    repro.add_argument("test", metavar="TEST", help="test name, ENV/NAME, or an unambiguous glob")
+    repro.add_argument("--env", metavar="ENV", help="the environment, if TEST ran on several")
+    repro.add_argument("--print", dest="print_only", action="store_true",
+                       help="print the command instead of running it")
+    repro.add_argument("--out", metavar="DIR", help="results directory of the re-run")
+    # -- end stability and repro --
     return parser
 
 
@@ -142,6 +164,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
         print(f"merged {len(run.results)} results into {args.out}")
         return EXIT_FAILED if run.blocking_failed else EXIT_OK
+    # -- stability and repro (issue 5) --
+    if args.command == "stability":
+        from harness.stability import report_text, stability
+
+        report = stability([Path(d) for d in args.dirs], args.last)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=1))
+        else:
+            print(report_text(report), end="")
+        return EXIT_OK
+    if args.command == "repro":
+        from harness.repro import repro_command
+
+        return repro_command(Path(args.results_dir), args.test, args.env,
+                             print_only=args.print_only, out=args.out)
+    # -- end stability and repro --
     raise AssertionError(args.command)
 
 
@@ -152,12 +190,25 @@ def default_out_dir() -> Path:
 
 def repro_base(args: argparse.Namespace) -> list[str]:
     """The argv that selects the same inputs again (the repro line adds --env and -k)."""
-    base = ["harness", "run"]
+    # issue 5: the harness by absolute path (venv script or `python -m harness`), so the
+    # line pastes as is in a shell without the venv active; see harness.repro.harness_command.
+    from harness.repro import harness_command
+
+    base = [*harness_command(), "run"]
+    for path in suite_paths(args):
+        base += ["--suite-path", str(path.resolve())]
     if args.tests:
         base += ["--tests", str(Path(args.tests).resolve())]
     if args.environments:
         base += ["--environments", str(Path(args.environments).resolve())]
     return base
+
+
+def suite_paths(args: argparse.Namespace) -> list[Path]:
+    paths = [Path(p) for p in getattr(args, "suite_path", [])]
+    env = os.environ.get("HARNESS_SUITE_PATH", "")
+    paths += [Path(p) for p in env.split(":") if p]
+    return paths
 
 
 def shell_join(argv: Sequence[str]) -> str:

@@ -30,6 +30,7 @@ from harness.errors import HarnessError
 from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
 from harness.plan import PlannedRun
+from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
 from harness.suite import Skip, SuiteTest, TestContext
 from harness.textsafe import terminal_safe
@@ -126,8 +127,7 @@ class Runner:
         shared: dict[str, list[PlannedRun]] = {}
         groups: list[list[PlannedRun]] = []
         for r in self.runs:
-            test = self.tests.get(r.spec.name)
-            if test is not None and test.shares_guest and r.skip_reason is None:
+            if shares_guest(r, self.tests) and r.skip_reason is None:
                 shared.setdefault(r.environment.name, []).append(r)
             else:
                 groups.append([r])
@@ -321,6 +321,14 @@ class Runner:
         self._say(progress_line(result, self._done(), len(self.runs)))
         if not result.status.ok and result.repro:
             self._say(f"        repro: {result.repro}")
+            # issue 5: the repro line also goes in the test's folder, as repro.sh.
+            try:
+                script = write_repro_script(self.opt.out_dir, result)
+            except OSError as e:
+                self._say(f"        cannot write repro.sh: {e}")
+            else:
+                if script and result.attempts:
+                    result.final.artifacts[REPRO_SCRIPT] = script
         if self.on_result and time.monotonic() - self._last_write > 0.5:
             self._last_write = time.monotonic()
             self.on_result(self.snapshot())
@@ -343,12 +351,25 @@ class Runner:
         )
         if self.opt.repro_base:
             res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,
-                                    "-k", r.spec.name])
+                                    "-k", exact_glob(r.spec.name)])  # issue 5: escaped
         return res
 
     def _say(self, line: str) -> None:
         if self.opt.progress:
             print(line, file=sys.stderr, flush=True)
+
+
+def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
+    """Whether a test may run on a guest booted for an earlier one.
+
+    Suite tests say so themselves. Programs from tests.json share, as on Fuchsia's
+    emulators, unless the entry is `isolated` (Fuchsia's own field for that); a
+    program that crashes or fails its guest gets it discarded all the same.
+    """
+    test = tests.get(run.spec.name)
+    if test is not None:
+        return test.shares_guest
+    return not spec_params(run.spec).get("isolated", False)
 
 
 def spec_params(spec: Any) -> dict[str, Any]:

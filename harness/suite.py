@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from harness.environments import Environment
+from harness.errors import ConfigError
 from harness.results import Case, Status
 
 SUITE_MODULES = ("smoke", "reboot_shutdown", "core", "device_enumeration", "peripherals")
@@ -93,8 +95,9 @@ def guest_test(
     return mark
 
 
-def load_suite(module_name: str) -> list[SuiteTest]:
-    module = importlib.import_module(f"suites.{module_name}")
+def load_suite(module_name: str, module: Any = None) -> list[SuiteTest]:
+    if module is None:
+        module = importlib.import_module(f"suites.{module_name}")
     tests = []
     for attr, func in vars(module).items():
         meta = getattr(func, "__harness_test__", None)
@@ -107,9 +110,35 @@ def load_suite(module_name: str) -> list[SuiteTest]:
     return tests
 
 
-def registry(modules: tuple[str, ...] = SUITE_MODULES) -> dict[str, SuiteTest]:
-    """Every built-in test by full name ("SUITE.TEST")."""
+def load_suite_file(path: Path) -> list[SuiteTest]:
+    """A suite kept outside the harness (a driver developer's own): SUITE is the file's stem."""
+    name = path.stem
+    spec = importlib.util.spec_from_file_location(f"harness_user_suites.{name}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(str(path), None, None, "cannot load as a Python suite module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ConfigError(str(path), None, None,
+                          f"suite module failed to import: {type(e).__name__}: {e}") from e
+    return load_suite(name, module)
+
+
+def registry(modules: tuple[str, ...] = SUITE_MODULES,
+             extra_paths: Sequence[Path] = ()) -> dict[str, SuiteTest]:
+    """Every test by full name ("SUITE.TEST"): the built-in suites, then any suite files
+    from `extra_paths` (directories of *.py, or files)."""
     found: dict[str, SuiteTest] = {}
+    for path in extra_paths:
+        if not path.exists():
+            raise ConfigError(str(path), None, None, "suite path does not exist")
+        files = sorted(path.glob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            if file.name.startswith("_"):
+                continue
+            for t in load_suite_file(file):
+                found[t.full_name] = t
     for module in modules:
         try:
             tests = load_suite(module)

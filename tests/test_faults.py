@@ -78,7 +78,8 @@ def write_tests(tmp: Path, entries: list[dict]) -> Path:
     path = tmp / "tests.json"
     path.write_text(json.dumps([
         {"test": {"name": e["name"], "path": e["path"], "timeout_secs": e.get("timeout", 60),
-                  **({"args": e["args"]} if "args" in e else {})},
+                  **({"args": e["args"]} if "args" in e else {}),
+                  **({"isolated": e["isolated"]} if "isolated" in e else {})},
          "environments": [{"dimensions": {"device_type": "QEMU", "cpu": "x64",
                                           "devices": "minimal"}}]}
         for e in entries
@@ -202,7 +203,8 @@ def test_guest_that_never_boots(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_tears_everything_down_and_writes_results(tmp_path: Path, sig: int) -> None:
     tests = write_tests(tmp_path, [
-        {"name": f"long{i}", "path": "/bin/sleep", "args": ["600"], "timeout": 900}
+        {"name": f"long{i}", "path": "/bin/sleep", "args": ["600"], "timeout": 900,
+         "isolated": True}
         for i in range(3)
     ] + [{"name": "quick", "path": "/bin/true"}])
     proc = subprocess.Popen(
