@@ -310,7 +310,8 @@ class Runner:
         if guest is None:
             return
         attempt.serial_tail = guest.log.tail(8192)
-        attempt.artifacts["serial.log"] = str(folder / "serial.log")
+        attempt.artifacts["serial.log"] = (folder / "serial.log").relative_to(
+            self.opt.out_dir).as_posix()
         if guest is not keep:
             await guest.close()
         err = guest.vmm_stderr(1 << 20) if guest is not keep else ""
