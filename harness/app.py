@@ -162,7 +162,9 @@ def run_command(args: argparse.Namespace) -> int:
     from harness.report import write_reports
     from harness.runner import Runner, RunOptions
 
-    plan, _envs, tests = build_plan(args)
+    plan, envs, tests = build_plan(args)
+    if args.interactive:
+        return interactive_command(args, plan, envs)
     runs = plan.runs
     sharding = shard_args(args)
     if sharding:
@@ -182,7 +184,7 @@ def run_command(args: argparse.Namespace) -> int:
     options = RunOptions(
         out_dir=out, jobs=args.jobs, retries=args.retries,
         log_cap=(args.log_cap_mib << 20) or None,
-        repro_base=repro_base(args), progress=not args.quiet,
+        repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
     )
     if not runs:
         print("harness: nothing selected to run", file=sys.stderr)
@@ -191,14 +193,69 @@ def run_command(args: argparse.Namespace) -> int:
                f"results in {out}")
     runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
                     on_result=lambda r: write_reports(r))
-    result: RunResult = anyio.run(runner.run, backend="asyncio")
-    write_reports(result)
+
+    async def main() -> RunResult:
+        result = await runner.run()
+        write_reports(result)
+        if runner.kept:
+            from harness.interactive import keep_serving
+
+            try:
+                await keep_serving(runner.kept, say=lambda line: print(line, file=sys.stderr))
+            finally:
+                for guest in runner.kept:
+                    await guest.close()
+        return result
+
+    result: RunResult = anyio.run(main, backend="asyncio")
     totals = result.totals()
     _say(args, "harness: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v) +
          f" in {result.duration_s:.1f} s; junit: {out / 'junit.xml'}")
     if result.interrupted:
         return 130 if runner.interrupted and "SIGINT" in runner.interrupted else 143
     return EXIT_FAILED if result.blocking_failed else EXIT_OK
+
+
+def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: EnvironmentSet) -> int:
+    """Boot the one selected environment and give its console to the person at the terminal."""
+    from harness.guest import Guest
+    from harness.interactive import interact
+
+    names = sorted({r.environment.name for r in plan.runs}) or list(args.env)
+    if len(names) != 1:
+        raise ConfigError("command line", None, "--interactive",
+                          f"select exactly one environment with --env (selected: "
+                          f"{', '.join(names) or 'none'})")
+    env = envs.get(names[0])
+    engine = make_engines()[env.engine]
+    out = Path(args.out) if args.out else Path("results") / "interactive"
+    out.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> int:
+        reason = await engine.unavailable(env)
+        if reason:
+            raise HarnessError(f"{env.name} cannot run here: {reason}")
+        image = await anyio.to_thread.run_sync(image_for, env)
+        from harness.guest import private_workdir
+        from harness.runner import make_disks
+
+        workdir = private_workdir(f"harness-{env.name[:24]}-")
+        guest = Guest(env, engine, image, out / f"{env.name}-serial.log", workdir=workdir,
+                      disks=make_disks(env, workdir), own_workdir=True)
+        try:
+            print(f"booting {env.name}: {' '.join(guest.command_line)}", file=sys.stderr)
+            boot = await guest.start()
+            print(f"\r\n[harness] {env.name} is up after {boot.ready_s:.1f} s; this is its "
+                  f"serial console. Ctrl-] leaves and tears the guest down.\r", file=sys.stderr)
+            guest.console.sendline("")
+            await interact(guest.console)
+        finally:
+            await guest.close()
+        print(f"\r\n[harness] {env.name} stopped; serial log: "
+              f"{out / (env.name + '-serial.log')}", file=sys.stderr)
+        return EXIT_OK
+
+    return anyio.run(main, backend="asyncio")
 
 
 def _say(args: argparse.Namespace, line: str) -> None:

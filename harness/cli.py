@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-cap-mib", type=int, default=256,
                      help="cap each serial log at this size (default 256 MiB; 0: no cap)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--keep", action="store_true",
+                     help="leave a failed test's guest running and print how to attach and stop")
+    run.add_argument("--interactive", action="store_true",
+                     help="boot the one selected environment and hand its serial console to you "
+                          "(Ctrl-] leaves; the guest is then torn down)")
 
     plan = sub.add_parser("plan", help="show what would run, with each VMM command line")
     _selection_args(plan)
@@ -88,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--booted", action="store_true",
                        help="the log starts after boot: a boot banner in it means a reset")
     parse.add_argument("log", help="serial log file")
+
+    attach = sub.add_parser("attach", help="attach to a guest kept by `run --keep`")
+    attach.add_argument("socket", help="the console socket `run --keep` printed")
 
     merge = sub.add_parser("merge", help="combine shard results into one junit.xml/summary.json")
     merge.add_argument("dirs", nargs="+")
@@ -158,6 +166,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt,
                                     booted=args.booted), indent=1))
         return EXIT_OK
+    if args.command == "attach":
+        import anyio
+
+        from harness.interactive import attach
+
+        return anyio.run(attach, Path(args.socket), backend="asyncio")
     if args.command == "merge":
         from harness.report.merge import merge_runs
 

@@ -46,7 +46,7 @@ class RunOptions:
     log_cap: int | None = 256 << 20
     repro_base: Sequence[str] = ()  # argv that selects the same inputs, for repro lines
     progress: bool = True
-    keep_going_on_interrupt: bool = False
+    keep_failed: bool = False  # --keep: leave a failed test's guest running for a person
 
 
 def _now() -> dt.datetime:
@@ -85,6 +85,7 @@ class Runner:
         self.envs: dict[str, _EnvState] = {}
         self.limiter = anyio.CapacityLimiter(max(1, options.jobs))
         self.interrupted: str | None = None
+        self.kept: list[Guest] = []  # --keep: failed tests' guests, still running
         self.started = _now()
         self._t0 = time.monotonic()
         self._last_write = 0.0
@@ -312,11 +313,16 @@ class Runner:
         attempt.serial_tail = guest.log.tail(8192)
         attempt.artifacts["serial.log"] = (folder / "serial.log").relative_to(
             self.opt.out_dir).as_posix()
-        if guest is not keep:
-            await guest.close()
-        err = guest.vmm_stderr(1 << 20) if guest is not keep else ""
+        if guest is keep:
+            return
+        err = guest.vmm_stderr(1 << 20)  # before close() removes the workdir
         if err:
             (folder / "vmm-stderr.log").write_text(err)
+        if (self.opt.keep_failed and guest.running and not self.interrupted
+                and attempt.status not in (Status.PASS, Status.SKIP)):
+            self.kept.append(guest)
+            return
+        await guest.close()
 
     def _finished(self, result: TestResult) -> None:
         self._say(progress_line(result, self._done(), len(self.runs)))
