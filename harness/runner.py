@@ -183,7 +183,9 @@ class Runner:
             result.attempts.append(attempt)
             if attempt.status.ok or self.interrupted:
                 break
-            self._say(f"        retrying {run.key} (attempt {n + 2})")
+            if n < self.opt.retries:
+                self._say(f"        retrying {run.key} (attempt {n + 2} of "
+                          f"{self.opt.retries + 1})")
         self._finished(result)
         return shared
 
