@@ -427,3 +427,29 @@ async def test_launch_removes_a_stale_control_socket(tmp_path: Path) -> None:
     # crosvm reports an x86 triple fault as a stop, and removes its socket on that exit.
     assert ENGINE.classify_exit(rc).kind is ExitKind.STOP, log
     assert not paths.control_socket.exists()
+
+
+def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts(double: ModuleType
+                                                                       ) -> None:
+    """`harness plan --json --device-type crosvm`: x86_64 and arm64 argv, as crosvm parses them."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "harness", "plan", "--json", "--device-type",
+                           "crosvm"], cwd=root, capture_output=True, text=True, check=True)
+    runs = json.loads(proc.stdout)["runs"]
+    arches = set()
+    for run in runs:
+        assert run["engine"] == "crosvm" and run["device_type"] == "crosvm"
+        argv = run["argv"]
+        run_at = argv.index("run")
+        assert argv[1:run_at] == ["--extended-status", "--log-level", "info", "--no-syslog"]
+        _global_opts, run_opts = split_options(argv)
+        assert not set(run_opts) & SPEC_DEPRECATED
+        _, rest = double.parse_globals(double.prepare_args(argv[1:]))
+        cfg = double.parse_run(rest[1:])
+        assert cfg.kernel == argv[-1]
+        arches.add(run["arch"])
+    assert arches == {"x86_64", "arm64"}
