@@ -9,6 +9,7 @@ harness itself never loses what already finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -86,6 +87,7 @@ class Runner:
         self.limiter = anyio.CapacityLimiter(max(1, options.jobs))
         self.interrupted: str | None = None
         self.kept: list[Guest] = []  # --keep: failed tests' guests, still running
+        self.tap_locks: dict[str, anyio.Lock] = {}
         self.started = _now()
         self._t0 = time.monotonic()
         self._last_write = 0.0
@@ -163,8 +165,19 @@ class Runner:
                         state.image_error = str(e)
         return state
 
+    def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A host resource only one guest can hold at a time: a named TAP device.
+
+        Two crosvm guests cannot open the same TAP, so guests of environments naming
+        one run one after another (taken before a capacity slot, so none idles waiting).
+        """
+        tap = env.devices.option("virtio-net", "tap") if env.devices.has("virtio-net") else None
+        if not tap:
+            return contextlib.nullcontext()
+        return self.tap_locks.setdefault(tap, anyio.Lock())
+
     async def _run_group(self, group: list[PlannedRun]) -> None:
-        async with self.limiter:
+        async with self._exclusive(group[0].environment), self.limiter:
             shared: Guest | None = None
             try:
                 for run in group:

@@ -280,3 +280,27 @@ def test_unknown_environment_and_missing_kernel_exit_2(tmp_path: Path) -> None:
     proc = run_harness(tmp_path, "--environments", str(path))
     assert proc.returncode == 2
     assert "environment 'qemu-x64': field 'image.kernel': kernel file not found" in proc.stderr
+
+
+def test_harness_killed_with_sigkill_takes_its_vmms_along(tmp_path: Path) -> None:
+    """No teardown can run after SIGKILL: the VMMs die with their parent (PDEATHSIG)."""
+    tests = write_tests(tmp_path, [
+        {"name": f"long{i}", "path": "/bin/sleep", "args": ["600"], "timeout": 900,
+         "isolated": True} for i in range(2)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--quiet", "--out", str(tmp_path / "out"),
+         "--tests", str(tests), "--env", ENV, "--jobs", "2"],
+        cwd=ROOT, env=harness_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(vmm_pids(tmp_path / "t")) < 2:
+            time.sleep(0.2)
+        assert len(vmm_pids(tmp_path / "t")) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while vmm_pids(tmp_path / "t") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not vmm_pids(tmp_path / "t"), "VMMs outlived a SIGKILLed harness"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,13 +19,24 @@ import anyio
 from anyio.abc import Process
 
 
+def _death_wrapper() -> list[str]:
+    """`setpriv --pdeathsig KILL --`: the VMM dies with the harness, even a SIGKILLed one.
+
+    Teardown normally kills every VMM in order; this covers the one case it cannot,
+    the harness itself killed with SIGKILL (an OOM kill, a CI runner's hard timeout).
+    setpriv is util-linux's, essential on Debian; without it the VMM is started bare.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
 async def start_vmm(
     argv: Sequence[str], *, console_fd: int, stderr_path: Path, env: dict[str, str] | None = None
 ) -> Process:
     """Start `argv` with the console pty slave on stdin/stdout and stderr to its own log."""
     with open(stderr_path, "ab") as err:
         return await anyio.open_process(
-            list(argv),
+            [*_death_wrapper(), *argv],
             stdin=console_fd,
             stdout=console_fd,
             stderr=err,
