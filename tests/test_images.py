@@ -12,10 +12,13 @@ import dataclasses
 import gzip
 import io
 import json
+import lzma
 import os
+import random
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -212,6 +215,149 @@ def test_raw_arm64_kernel_is_used_as_is_and_garbage_is_refused(tmp_path: Path) -
 
 
 # --------------------------------------------------------------------------------------
+# x86_64: the ELF vmlinux in the bzImage, for QEMU's PVH boot
+
+
+def _note(name: bytes, note_type: int, desc: bytes) -> bytes:
+    def pad(b: bytes) -> bytes:
+        return b + b"\0" * (-len(b) % 4)
+
+    return struct.pack("<III", len(name), len(desc), note_type) + pad(name) + pad(desc)
+
+
+def _fake_elf(*, pvh: bool = True) -> bytes:
+    """An x86_64 ELF64 with a PT_LOAD for its text and a PT_NOTE, like a stripped vmlinux."""
+    notes = _note(b"Xen\0", 6, b"linux\0") + _note(b"GNU\0", 3, b"\x12" * 20)
+    if pvh:  # XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point
+        notes += _note(b"Xen\0", 18, struct.pack("<Q", 0x1000850))
+    text = b"kernel text" * 50
+    notes_off = 64 + 2 * 56
+    text_off = notes_off + len(notes)
+    header = (
+        b"\x7fELF\x02\x01\x01" + b"\0" * 9
+        + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x1000000, 64, 0, 0, 64, 56, 2, 64, 0, 0)
+    )  # fmt: skip
+    load = struct.pack("<IIQQQQQQ", 1, 5, text_off, 0, 0x1000000, len(text), len(text), 0x1000)
+    note = struct.pack("<IIQQQQQQ", 4, 4, notes_off, 0, 0, len(notes), len(notes), 4)
+    return header + load + note + notes + text
+
+
+def _fake_bzimage(payload: bytes, *, setup_sects: int = 3, offset: int = 0x2C0) -> bytes:
+    """Boot sector + setup with a 2.15 header whose payload fields point at `payload`."""
+    head = bytearray(((setup_sects or 4) + 1) * 512 + offset)
+    head[0x1F1] = setup_sects
+    head[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", head, 0x206, 0x020F)
+    struct.pack_into("<II", head, 0x248, offset, len(payload))
+    return bytes(head) + payload + b"\xcc" * 100  # the decompressor's tail follows
+
+
+def _kernel_xz(data: bytes) -> bytes:
+    """As Linux's xz_wrap.sh compresses vmlinux.bin (x86 BCJ + LZMA2, CRC32), size appended."""
+    filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
+    packed = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters)
+    return packed + struct.pack("<I", len(data))
+
+
+def test_vmlinux_is_extracted_from_an_xz_bzimage_and_the_relocs_left_out() -> None:
+    elf = _fake_elf()
+    relocs = b"\0\0\0\0" + b"\x10\x20\x30\x40" * 30  # what CONFIG_X86_NEED_RELOCS appends
+    bzimage = _fake_bzimage(_kernel_xz(elf + relocs))
+    assert images_build.bzimage_payload(bzimage) == _kernel_xz(elf + relocs)
+    assert images_build.extract_vmlinux(bzimage) == (elf, "xz")
+    # setup_sects 0 means 4, as in the oldest boot loaders' convention.
+    bzimage = _fake_bzimage(_kernel_xz(elf), setup_sects=0)
+    assert bzimage[0x1F1] == 0 and images_build.extract_vmlinux(bzimage) == (elf, "xz")
+
+
+def test_vmlinux_without_pvh_note_or_in_another_form_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="no Xen PVH entry note"):
+        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf(pvh=False))))
+    with pytest.raises(HarnessError, match="malformed ELF"):
+        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf()[:100])))
+    with pytest.raises(HarnessError, match="not a little-endian ELF64"):
+        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(b"\0" * 200)))
+    wrong_size = _kernel_xz(_fake_elf())[:-4] + struct.pack("<I", 12345)
+    with pytest.raises(HarnessError, match="trailer says 12345"):
+        images_build.extract_vmlinux(_fake_bzimage(wrong_size))
+    gzipped = gzip.compress(_fake_elf(), mtime=0)
+    with pytest.raises(HarnessError, match="neither XZ nor LZ4"):
+        images_build.extract_vmlinux(_fake_bzimage(gzipped))
+    with pytest.raises(HarnessError, match="outside"):
+        images_build.bzimage_payload(_fake_bzimage(_kernel_xz(_fake_elf()))[:-150])
+    with pytest.raises(HarnessError, match="not a bzImage"):
+        images_build.bzimage_payload(_fake_arm64_image())
+    # In the build: no vmlinux, the reason in the manifest; the bzImage still boots.
+    (tmp_path / "kernel").write_bytes(_fake_bzimage(gzipped))
+    info = images_build._install_kernel_elf(tmp_path / "kernel", tmp_path)
+    assert info["file"] is None and "neither XZ nor LZ4" in str(info["reason"])
+    assert not (tmp_path / "vmlinux").exists()
+    (tmp_path / "kernel").write_bytes(_fake_bzimage(_kernel_xz(_fake_elf())))
+    info = images_build._install_kernel_elf(tmp_path / "kernel", tmp_path)
+    assert info["file"] == "vmlinux" and (tmp_path / "vmlinux").read_bytes() == _fake_elf()
+
+
+def test_lz4_legacy_frame_decoder_on_hand_made_blocks() -> None:
+    """Literal runs and matches of every length class, an overlapping match, two blocks."""
+    magic = struct.pack("<I", 0x184C2102)
+    block1 = (
+        bytes([0x3F]) + b"abc" + b"\x03\x00" + b"\x05"  # "abc", then 24 bytes from 3 back
+        + bytes([0xF0, 0xFF, 0x02]) + b"x" * 272  # 15 + 255 + 2 literals, last sequence
+    )  # fmt: skip
+    block2 = bytes([0x12]) + b"z" + b"\x01\x00" + bytes([0x10]) + b"!"  # "z" * 7 + "!"
+    frame = magic
+    for block in (block1, block2):
+        frame += struct.pack("<I", len(block)) + block
+    expected = b"abc" * 9 + b"x" * 272 + b"z" * 7 + b"!"
+    assert images_build.lz4_legacy_decompress(frame) == expected
+    # A repeated magic starts another frame (lz4 -l concatenated); the output continues.
+    assert images_build.lz4_legacy_decompress(frame + frame) == expected * 2
+    with pytest.raises(HarnessError, match="offset"):
+        images_build.lz4_legacy_decompress(magic + struct.pack("<I", 4) + b"\x10a\x05\x00")
+    with pytest.raises(HarnessError, match="past the end"):
+        images_build.lz4_legacy_decompress(magic + struct.pack("<I", 99) + b"\x10a")
+
+
+@pytest.mark.skipif(shutil.which("lz4") is None, reason="lz4 command not installed")
+def test_lz4_legacy_decoder_reads_what_the_lz4_tool_writes(tmp_path: Path) -> None:
+    """Against the reference encoder, as Linux builds KERNEL_LZ4 (legacy frame, high
+    compression): two 8 MiB blocks, long matches and runs, then a bzImage around it."""
+    rng = random.Random(1)
+    words = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) for _ in range(300)]
+    text = b"".join(rng.choice(words) for _ in range(600_000)) + b"\0" * 100_000
+    data = _fake_elf() + text
+    packed = subprocess.run(
+        ["lz4", "-l", "-9", "-c", "-q"], input=data, capture_output=True, check=True
+    ).stdout
+    assert len(data) > 8 << 20 and packed.startswith(struct.pack("<I", 0x184C2102))
+    assert images_build.lz4_legacy_decompress(packed) == data
+    bzimage = _fake_bzimage(packed + struct.pack("<I", len(data)))
+    assert images_build.extract_vmlinux(bzimage) == (data[: len(_fake_elf())], "lz4")
+
+
+def test_qemu_boots_the_elf_vmlinux_on_x86_64_only(tmp_path: Path) -> None:
+    from harness import environments
+    from harness.engines.base import RunPaths
+    from harness.engines.qemu import qemu_command
+
+    envs = environments.load()
+    paths = RunPaths(tmp_path)
+    bz, elf, initrd = Path("/i/kernel"), Path("/i/vmlinux"), Path("/i/initrd.cpio.gz")
+
+    def kernel_arg(env: str, image: GuestImage) -> str:
+        argv = qemu_command(envs.get(env), image, paths, accel="tcg")
+        return argv[argv.index("-kernel") + 1]
+
+    x86 = GuestImage("debian-generic", "x86_64", bz, initrd, bz, kernel_elf=elf)
+    assert kernel_arg("qemu-x64", x86) == str(elf)
+    no_elf = dataclasses.replace(x86, kernel_elf=None)
+    assert kernel_arg("qemu-x64", no_elf) == str(bz)
+    assert x86.crosvm_kernel == bz  # crosvm keeps the bzImage
+    arm = GuestImage("debian-generic", "arm64", bz, initrd, bz, kernel_elf=elf)
+    assert kernel_arg("qemu-arm64", arm) == str(bz)
+
+
+# --------------------------------------------------------------------------------------
 # modules
 
 FAKE_DEP = """\
@@ -361,6 +507,15 @@ def test_ensure_image_uses_the_index_without_apt(
     assert row["size"] == sum(p.stat().st_size for p in d.iterdir())
 
 
+def test_an_x86_64_image_with_a_vmlinux_offers_it_to_qemu(tmp_path: Path) -> None:
+    d = _fake_built(tmp_path, "debian-cloud", "x86_64", recipe_key("debian-cloud", "x86_64"))
+    image = ensure_image("debian-cloud", "x86_64", build=False, cache=tmp_path)
+    assert image.kernel_elf is None and image.kernel == d / "kernel"
+    (d / "vmlinux").write_bytes(_fake_elf())
+    image = ensure_image("debian-cloud", "x86_64", build=False, cache=tmp_path)
+    assert image.kernel_elf == d / "vmlinux" and image.crosvm_kernel == d / "kernel"
+
+
 def test_a_changed_init_script_invalidates_the_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -484,16 +639,24 @@ def _image(built: dict[tuple[str, str], GuestImage], name: str, arch: str) -> Gu
 
 
 @contextlib.contextmanager
-def _qemu(image: GuestImage, *extra: str, log: Path) -> Iterator[pexpect.spawn]:
-    """QEMU on a pty; killed and reaped whatever happens in the test."""
+def _qemu(
+    image: GuestImage, *extra: str, log: Path, kernel: Path | None = None
+) -> Iterator[pexpect.spawn]:
+    """QEMU on a pty; killed and reaped whatever happens in the test.
+
+    Boots `kernel`, by default what the harness's QEMU engine boots: the ELF vmlinux
+    through PVH on x86_64 when the image has one, else the image's kernel.
+    """
     binary, machine, append = QEMU[image.arch]
+    if kernel is None:
+        kernel = (image.arch == "x86_64" and image.kernel_elf) or image.kernel
     argv = [
         *machine,
         "-nic",
         "none",  # q35's default e1000e and its option ROM cost a second here
         "-no-reboot",
         "-kernel",
-        str(image.kernel),
+        str(kernel),
         "-initrd",
         str(image.initrd),
         "-append",
@@ -520,12 +683,40 @@ def _run(child: pexpect.spawn, command: str, timeout: float = 60.0) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("arch", ["x86_64", "arm64"])
-def test_generic_image_boots_and_powers_off(
-    arch: str, built_images: dict[tuple[str, str], GuestImage], tmp_path: Path
+@pytest.mark.parametrize("name", IMAGE_NAMES)
+def test_x86_64_image_carries_the_elf_vmlinux_with_a_pvh_note(
+    name: str, built_images: dict[tuple[str, str], GuestImage]
 ) -> None:
+    image = _image(built_images, name, "x86_64")
+    assert image.kernel_elf == image.kernel.parent / "vmlinux"
+    elf = image.kernel_elf.read_bytes()
+    assert elf[:4] == b"\x7fELF"
+    assert images_build.pvh_elf_size(elf) == len(elf)  # has the PVH note, nothing after
+    manifest = json.loads((image.kernel.parent / "manifest.json").read_text())
+    # Debian builds the generic kernel with XZ, the cloud one with LZ4.
+    compression = {"debian-generic": "xz", "debian-cloud": "lz4"}[name]
+    assert manifest["kernel_elf"] == {
+        "file": "vmlinux",
+        "payload_compression": compression,
+        "boot": "pvh",
+    }
+    bzimage = image.kernel.read_bytes()
+    assert bzimage[0x202:0x206] == b"HdrS"  # the bzImage is kept, for crosvm
+    assert images_build.extract_vmlinux(bzimage) == (elf, compression)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("arch", "boot"), [("x86_64", "pvh"), ("x86_64", "bzImage"), ("arm64", "Image")]
+)
+def test_generic_image_boots_and_powers_off(
+    arch: str, boot: str, built_images: dict[tuple[str, str], GuestImage], tmp_path: Path
+) -> None:
+    """x86_64 both ways: the ELF vmlinux through PVH (QEMU's) and the bzImage (crosvm's)."""
     _needs_qemu(arch)
     image = _image(built_images, "debian-generic", arch)
+    kernel = image.kernel_elf if boot == "pvh" else image.kernel
+    assert kernel is not None
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * (4 << 20))
     with _qemu(
@@ -535,6 +726,7 @@ def test_generic_image_boots_and_powers_off(
         "-device",
         "virtio-blk-pci,drive=d0",
         log=tmp_path / "console.log",
+        kernel=kernel,
     ) as child:
         child.expect(BOOT_MARKER, timeout=BOOT_TIMEOUT_S)
         child.expect_exact(PROMPT, timeout=60)
@@ -596,7 +788,8 @@ import json, sys
 from pathlib import Path
 from harness.images import build_image
 image = build_image(sys.argv[1], sys.argv[2], cache=Path(sys.argv[3]))
-print(json.dumps({"digest": image.digest, "initrd": str(image.initrd)}))
+print(json.dumps({"digest": image.digest, "initrd": str(image.initrd),
+                  "kernel_elf": str(image.kernel_elf)}))
 """
 
 
@@ -631,6 +824,8 @@ def test_full_build_is_reproducible_and_safe_to_run_twice_at_once(
     assert results[0]["digest"] == reference.digest
     assert reference.initrd is not None
     assert Path(results[0]["initrd"]).read_bytes() == reference.initrd.read_bytes()
+    assert reference.kernel_elf is not None
+    assert Path(results[0]["kernel_elf"]).read_bytes() == reference.kernel_elf.read_bytes()
     built = [
         p.name for p in (cache / "images").iterdir() if not p.name.endswith((".current", ".lock"))
     ]
