@@ -154,7 +154,8 @@ def _unbuilt_image(env: Environment) -> GuestImage:
 
     base = cache_dir() / "images" / f"{env.image.name}-{env.arch}-NOT-BUILT"
     return GuestImage(name=env.image.name, arch=env.arch, kernel=base / "kernel",
-                      initrd=base / "initrd.cpio.gz", kernel_uncompressed=base / "kernel")
+                      initrd=base / "initrd.cpio.gz", kernel_uncompressed=base / "kernel",
+                      kernel_elf=base / "vmlinux" if env.arch == "x86_64" else None)
 
 
 def run_command(args: argparse.Namespace) -> int:
