@@ -152,7 +152,12 @@ class Guest:
                 raise BootTimeout(f"no boot marker within {timeout:g} s", e.tail) from None
             except ConsoleEOF:
                 info = await self._reap()
-                if info.kind == ExitKind.RESET and self.engine.name == "crosvm":
+                # crosvm exits on a reset (32) and, where pvpanic is present, on a panic (34)
+                # instead of letting the guest's panic=N reset it as QEMU does; under the
+                # environment's "reset" panic policy both must come back the same way.
+                resets = info.kind == ExitKind.RESET or (
+                    info.kind == ExitKind.PANIC and self.env.panic_policy == "reset")
+                if resets and self.engine.name == "crosvm":
                     await self.relaunch(info)
                     continue
                 raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
@@ -257,7 +262,15 @@ class Guest:
         if self.profile.panic_command is None:
             raise HarnessError(f"profile {self.profile.name} has no way to panic the guest")
         self.console.sendline(self.profile.panic_command)
-        return await self.console.wait_crash(timeout)
+        crash = await self.console.wait_crash(timeout)
+        # While collecting the backtrace, wait_crash may read the console's EOF (crosvm exits
+        # 34 on a pvpanic panic); pexpect then never reports that EOF again and the next wait
+        # would run to its timeout. Closing the console makes the next wait see the exit, so
+        # wait_reset reaps the VMM and relaunches it.
+        spawn = getattr(self.console, "_spawn", None)
+        if spawn is not None and getattr(spawn, "flag_eof", False):
+            self.console.detach()
+        return crash
 
     async def balloon(self, size_bytes: int) -> None:
         """Inflate the balloon to hold `size_bytes` of the guest's memory (0 deflates)."""
