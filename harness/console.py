@@ -181,9 +181,11 @@ class Console:
         self._spawn: _Spawn | None = None
         self._crash_re = profile.crash_regex()
         self.crash_allowed = False
+        self.eof_seen = False
 
     def attach(self, master_fd: int) -> None:
         self.detach()
+        self.eof_seen = False
         self._spawn = _Spawn(master_fd, searchwindowsize=SEARCH_WINDOW, maxread=MAX_READ)
         self._spawn.logfile_read = self.log
         self._spawn.delaybeforesend = None
@@ -220,7 +222,7 @@ class Console:
         Returns the match; `self.before` holds what came before it.
         """
         spawn = self._spawn
-        if spawn is None:
+        if spawn is None or self.eof_seen:
             raise ConsoleEOF(f"console closed while waiting for {what}", self.log.tail())
         compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
         n = len(compiled)
@@ -248,35 +250,35 @@ class Console:
         raise ConsoleTimeout(f"no {what} within {timeout:g} s", self.log.tail())
 
     async def _raise_crash(self, spawn: _Spawn, _elapsed: float) -> None:
-        """Collect up to half a second more (the backtrace), then raise with the excerpt."""
         start = max(0, len(spawn.before) - 4096)
-        collected = bytes(spawn.before[start:]) + bytes(spawn.after)
-        with contextlib.suppress(Exception):
-            await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
-            collected += spawn.before if isinstance(spawn.before, bytes) else b""
-        crash = self.profile.find_crash(collected)
-        if crash is None:  # the watch regex matched but the profile's finer scan did not
-            crash = Crash(signature="crash", excerpt=clean_output(collected[-4096:]), offset=0)
+        crash = await self._finish_crash(spawn, bytes(spawn.before[start:]) + bytes(spawn.after))
         raise GuestCrashed(crash, self.log.tail())
+
+    async def _finish_crash(self, spawn: _Spawn, data: bytes) -> Crash:
+        """Read up to half a second more (the backtrace); the crash found in all of it."""
+        with contextlib.suppress(Exception):
+            index = await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
+            data += spawn.before if isinstance(spawn.before, bytes) else b""
+            if index == 0:
+                # The VMM exited meanwhile (crosvm does on a pvpanic panic). pexpect reports
+                # an EOF only once: remember it, so the next wait says so at once.
+                self.eof_seen = True
+        crash = self.profile.find_crash(data)
+        if crash is None:  # the watch regex matched but the profile's finer scan did not
+            crash = Crash(signature="crash", excerpt=clean_output(data[-4096:]), offset=0)
+        return crash
 
     async def wait_crash(self, timeout: float) -> Crash:
         """Wait for a crash signature (a test that panics the guest on purpose)."""
         self.crash_allowed = True
         try:
             await self.expect([self._crash_re], timeout, what="crash signature")
-            start = max(0, len(self.before) - 4096)
-            data = bytes(self.before[start:])
         finally:
             self.crash_allowed = False
         spawn = self._spawn
-        extra = b""
-        if spawn is not None:
-            data += bytes(spawn.after)
-            with contextlib.suppress(Exception):
-                await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
-                extra = spawn.before if isinstance(spawn.before, bytes) else b""
-        crash = self.profile.find_crash(data + extra)
-        return crash or Crash(signature="crash", excerpt=clean_output(data), offset=0)
+        assert spawn is not None
+        start = max(0, len(self.before) - 4096)
+        return await self._finish_crash(spawn, bytes(self.before[start:]) + bytes(spawn.after))
 
     async def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run `command` in the guest shell and return its exit status and output.

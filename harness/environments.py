@@ -95,6 +95,15 @@ class Environment:
     def device_type(self) -> str:
         return self.dimensions.get("device_type", "")
 
+    @property
+    def tap(self) -> str | None:
+        """The TAP device a virtio-net uses, `{arch}` filled in (one TAP per arch, so the
+        x86_64 and arm64 guests of one configuration can run at the same time)."""
+        if not self.devices.has("virtio-net"):
+            return None
+        template = self.devices.option("virtio-net", "tap")
+        return str(template).format(arch=self.arch) if template else None
+
     def matches(self, dimensions: Mapping[str, str]) -> bool:
         """A tests.json environment matches when every dimension it names agrees with ours."""
         return all(self.dimensions.get(k) == v for k, v in dimensions.items())

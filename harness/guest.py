@@ -262,15 +262,9 @@ class Guest:
         if self.profile.panic_command is None:
             raise HarnessError(f"profile {self.profile.name} has no way to panic the guest")
         self.console.sendline(self.profile.panic_command)
-        crash = await self.console.wait_crash(timeout)
-        # While collecting the backtrace, wait_crash may read the console's EOF (crosvm exits
-        # 34 on a pvpanic panic); pexpect then never reports that EOF again and the next wait
-        # would run to its timeout. Closing the console makes the next wait see the exit, so
-        # wait_reset reaps the VMM and relaunches it.
-        spawn = getattr(self.console, "_spawn", None)
-        if spawn is not None and getattr(spawn, "flag_eof", False):
-            self.console.detach()
-        return crash
+        # If the VMM exits meanwhile (crosvm on a pvpanic panic), the console remembers
+        # the EOF, so wait_reset() reaps and relaunches at once.
+        return await self.console.wait_crash(timeout)
 
     async def balloon(self, size_bytes: int) -> None:
         """Inflate the balloon to hold `size_bytes` of the guest's memory (0 deflates)."""

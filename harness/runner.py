@@ -171,7 +171,7 @@ class Runner:
         Two crosvm guests cannot open the same TAP, so guests of environments naming
         one run one after another (taken before a capacity slot, so none idles waiting).
         """
-        tap = env.devices.option("virtio-net", "tap") if env.devices.has("virtio-net") else None
+        tap = env.tap
         if not tap:
             return contextlib.nullcontext()
         return self.tap_locks.setdefault(tap, anyio.Lock())

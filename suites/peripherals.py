@@ -324,7 +324,7 @@ async def test_network(t: TestContext) -> None:
     iface = next((n for n, d in sorted(ifs.items()) if d == "virtio_net"), None)
     assert iface, f"no interface driven by virtio_net; the guest has {ifs or 'none'}"
 
-    tap = t.env.devices.option("virtio-net", "tap")
+    tap = t.env.tap
     if tap:
         # TAP (crosvm has no user-mode networking): the host side is the TAP's address.
         host = tap_address(str(tap))

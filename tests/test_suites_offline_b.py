@@ -539,7 +539,7 @@ async def test_network_without_a_lease_fails_and_stops(tmp_path: Path) -> None:
 
 async def test_network_on_an_unaddressed_tap_is_skipped_with_how_to_fix(tmp_path: Path) -> None:
     env = ENVS.get("crosvm-x64")
-    tap = env.devices.option("virtio-net", "tap")
+    tap = env.tap
     assert pe.tap_address(tap) is None  # the TAP crosvm creates has no address
     t = ctx(FakeGuest(env, network_guest()), tmp_path)
     with pytest.raises(Skip, match=f"TAP '{tap}' has no IPv4 address.*ip addr add"):
@@ -560,7 +560,7 @@ def test_crosvm_network_test_is_planned_skip_when_no_tap_can_be_had(
     assert "crosvm has no user-mode networking" in (check(spec, no_tap) or "")
     monkeypatch.setattr(crosvm_engine, "_tun_problem",
                         lambda tap: f"the TAP device '{tap}' cannot be opened here")
-    assert check(spec, env) == "the TAP device 'crosvm_tap' cannot be opened here"
+    assert check(spec, env) == "the TAP device 'crosvm_x86_64' cannot be opened here"
     assert check(spec, ENVS.get("qemu-x64")) is None  # QEMU's user networking needs none
     assert "has no virtio-net" in (check(spec, ENVS.get("crosvm-x64-minimal")) or "")
 

@@ -157,7 +157,7 @@ def device_unavailable(env: Environment, device: str) -> str | None:
     if device == "virtio-net":
         if not env.devices.has("virtio-net"):
             return f"device config '{env.devices.name}' has no virtio-net"
-        tap = env.devices.option("virtio-net", "tap")
+        tap = env.tap
         if not tap:
             return (f"virtio-net on crosvm needs a TAP device (crosvm has no user-mode "
                     f"networking): set devices.virtio-net.tap in device config "
@@ -317,8 +317,8 @@ class CrosvmEngine(Engine):
             argv.append("--disable-sandbox")
         for disk in paths.disks:
             argv += ["--block", f"path={_keyvalue(str(disk))}"]
-        tap = dev.option("virtio-net", "tap")
-        if dev.has("virtio-net") and tap:
+        tap = env.tap
+        if tap:
             argv += ["--net", f"tap-name={_keyvalue(str(tap))}"]
         if dev.has("virtio-console"):
             argv += ["--serial", "type=sink,hardware=virtio-console,num=1"]
