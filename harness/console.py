@@ -5,9 +5,12 @@ kernel panic fails the wait the moment its line arrives (LAVA's approach) and a
 VMM that exits is noticed at once, never as a timeout. Matching is on bytes: a
 guest may print anything, and a split UTF-8 sequence must not raise.
 
-Memory stays bounded whatever the guest prints: pexpect searches only a window
-(`searchwindowsize`) and its "before" buffer is capped (`_BoundedBuffer`); the
-full text goes to the log file as it arrives.
+Work and memory stay bounded whatever the guest prints. Each read is searched
+together with only the last `LOOKBACK` bytes before it (pexpect's lookback,
+declared by the searcher), so the cost of a read is proportional to what it
+brought, never to how much came before, and a read larger than any window can
+not hide a match in its first part. pexpect's "before" buffer is capped
+(`_BoundedBuffer`); the full text goes to the log file as it arrives.
 """
 
 from __future__ import annotations
@@ -23,19 +26,42 @@ import time
 import tty
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import pexpect
 import pexpect.fdpexpect
+from pexpect._async import expect_async
+from pexpect.expect import Expecter, searcher_re
 
 from harness.errors import HarnessError
 from harness.profiles import Crash, Profile
 
-SEARCH_WINDOW = 8192
+# The longest text a console pattern matches, unless the caller says more: boot marker
+# and prompt lines are under 100 bytes, command markers 20, crash signatures match the
+# head of their first line.
+LOOKBACK = 1024
 MAX_READ = 65536
 BEFORE_CAP = 4 << 20  # bytes of output kept for a command's result; the log has everything
 TAIL_BYTES = 16384
 _ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
+
+
+class Searchable(Protocol):
+    """What pexpect's regex searcher needs of a pattern: a compiled regex, or the crash watch."""
+
+    def search(self, buf: bytes, pos: int = ...) -> re.Match[bytes] | None: ...
+
+
+class _Searcher(searcher_re):
+    """pexpect's regex searcher with a declared longest match (`longest_string`).
+
+    With that declared and no search window, pexpect's Expecter searches each new
+    read together with the last `longest_string` bytes of what it already had.
+    """
+
+    def __init__(self, patterns: Sequence[object], longest: int) -> None:
+        super().__init__(patterns)
+        self.longest_string = longest
 
 
 class ConsoleError(HarnessError):
@@ -179,14 +205,14 @@ class Console:
         self.log = log
         self.profile = profile
         self._spawn: _Spawn | None = None
-        self._crash_re = profile.crash_regex()
+        self._crash_watch = profile.crash_watch()
         self.crash_allowed = False
         self.eof_seen = False
 
     def attach(self, master_fd: int) -> None:
         self.detach()
         self.eof_seen = False
-        self._spawn = _Spawn(master_fd, searchwindowsize=SEARCH_WINDOW, maxread=MAX_READ)
+        self._spawn = _Spawn(master_fd, maxread=MAX_READ)
         self._spawn.logfile_read = self.log
         self._spawn.delaybeforesend = None
 
@@ -214,24 +240,25 @@ class Console:
         self.send(text + self.profile.newline)
 
     async def expect(
-        self, patterns: Sequence[bytes | re.Pattern[bytes]], timeout: float,
-        *, what: str = "pattern",
+        self, patterns: Sequence[bytes | Searchable], timeout: float,
+        *, what: str = "pattern", longest: int = LOOKBACK,
     ) -> re.Match[bytes]:
         """Wait for one of `patterns`; raise GuestCrashed, ConsoleEOF or ConsoleTimeout.
 
-        Returns the match; `self.before` holds what came before it.
+        Returns the match; `self.before` holds what came before it. A pattern that
+        can match more than `longest` bytes must say so (`longest=`), or a match
+        that straddles reads could be missed.
         """
         spawn = self._spawn
         if spawn is None or self.eof_seen:
             raise ConsoleEOF(f"console closed while waiting for {what}", self.log.tail())
-        compiled = [p if isinstance(p, re.Pattern) else re.compile(p) for p in patterns]
+        compiled = [re.compile(p) if isinstance(p, bytes) else p for p in patterns]
         n = len(compiled)
-        watch = [] if self.crash_allowed else [self._crash_re]
+        watch = [] if self.crash_allowed else [self._crash_watch]
         started = time.monotonic()
+        searcher = _Searcher([*compiled, *watch, pexpect.EOF, pexpect.TIMEOUT], longest)
         try:
-            index = await spawn.expect(
-                [*compiled, *watch, pexpect.EOF, pexpect.TIMEOUT], timeout=timeout, async_=True
-            )
+            index = await expect_async(Expecter(spawn, searcher, None), timeout)
         except BaseException:
             # Cancelled (deadline, interrupt): stop reading so nothing piles up unread.
             transport = getattr(spawn, "async_pw_transport", None)
@@ -272,7 +299,7 @@ class Console:
         """Wait for a crash signature (a test that panics the guest on purpose)."""
         self.crash_allowed = True
         try:
-            await self.expect([self._crash_re], timeout, what="crash signature")
+            await self.expect([self._crash_watch], timeout, what="crash signature")
         finally:
             self.crash_allowed = False
         spawn = self._spawn

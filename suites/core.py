@@ -234,7 +234,8 @@ async def zircon_kernel_unittests(guest: Any, timeout: float = 600.0) -> ParsedR
             # On a timeout the failing cases themselves are still in the log.
             with contextlib.suppress(ConsoleTimeout):
                 await guest.console.expect([_failed_list(failed)], 10.0,
-                                           what="the list of failed test cases")
+                                           what="the list of failed test cases",
+                                           longest=1 << 20)
     except GuestCrashed as e:
         crash = e
     cases = _partial(guest, offset, zircon_ut.parse)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from harness.console import (
@@ -166,3 +167,50 @@ def test_log_cap_notes_the_cut(tmp_path: Path) -> None:
 
 def test_clean_output() -> None:
     assert clean_output(b"a\r\r\nb\x1b[?7l\x1b]0;t\x07c\r\n") == "a\nbc\n"
+
+
+async def test_a_marker_early_in_one_large_read_is_found(tmp_path: Path) -> None:
+    """A 64 KiB read with the marker at its start: searched whole, not only its last bytes."""
+    master, slave = os.pipe()
+    log = SerialLog(tmp_path / "serial.log")
+    console = Console(log, get_profile("linux"))
+    console.attach(master)
+    try:
+        os.write(slave, b"noise\nREADY-7\n" + b"y" * 60000 + b"\n")
+        m = await console.expect([rb"READY-(\d)"], 5, what="ready")
+        assert m.group(1) == b"7"
+        # A panic line early in a large read fails the wait, however much follows it.
+        os.write(slave, b"[ 9.1] Kernel panic - not syncing: boom\n" + b"z" * 60000)
+        with pytest.raises(GuestCrashed) as e:
+            await console.expect([rb"NEVER"], 5, what="never")
+        assert "boom" in e.value.crash.excerpt
+    finally:
+        os.close(slave)
+        console.detach()
+        log.close()
+
+
+async def test_a_match_split_across_reads_is_found(tmp_path: Path) -> None:
+    """The lookback joins a pattern that arrives a few bytes per read, as a UART delivers it."""
+    master, slave = os.pipe()
+    log = SerialLog(tmp_path / "serial.log")
+    console = Console(log, get_profile("linux"))
+    console.attach(master)
+
+    async def dribble() -> None:
+        for i in range(0, len(text), 3):
+            os.write(slave, text[i:i + 3])
+            await anyio.sleep(0.001)
+
+    text = b"x" * 3000 + b"\nHARNESS-BOOT-OK boot_id=0f0e0d0c-0b0a-0908-0706-050403020100 up\n"
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dribble)
+            m = await console.expect([console.profile.boot_marker], 10, what="boot marker")
+        assert m.group(0).endswith(b"050403020100")
+        logged = log.path.read_bytes()  # as far as it was read when the marker matched
+        assert text.startswith(logged) and m.group(0) in logged
+    finally:
+        os.close(slave)
+        console.detach()
+        log.close()

@@ -25,7 +25,7 @@ from harness.parsers.common import NO_RESULT, console_lines
 from harness.results import Case, Status
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ZIRCON_SERIAL = Path("/work/shared/fixtures/zircon-serial")
+ZIRCON_SERIAL = Path(__file__).parent / "fixtures" / "zircon-serial"
 
 PASS, FAIL, SKIP = Status.PASS, Status.FAIL, Status.SKIP
 

@@ -19,7 +19,7 @@ from harness.profiles.zircon import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ZIRCON_SERIAL = Path("/work/shared/fixtures/zircon-serial")
+ZIRCON_SERIAL = Path(__file__).parent / "fixtures" / "zircon-serial"
 LINUX = get_profile("linux")
 ZIRCON = get_profile("zircon")
 
@@ -287,6 +287,7 @@ def test_linux_text_that_is_not_a_crash(text: bytes) -> None:
     (b"[   30.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\r\n",
      "linux-rcu-stall", False),
     (b"KVM internal error. Suberror: 1\r\nemulation failure\r\n", "host-kvm-error", True),
+    (b"kvm run failed Bad address\r\n", "host-kvm-error", True),
 ])
 def test_linux_signatures(text: bytes, name: str, fatal: bool) -> None:
     crashes = LINUX.find_crashes(text)
@@ -418,3 +419,21 @@ def test_crash_regex_as_a_pexpect_pattern() -> None:
     finally:
         os.close(write_fd)
         os.close(read_fd)
+
+
+@pytest.mark.parametrize("profile", [LINUX, ZIRCON], ids=lambda p: p.name)
+def test_crash_watch_finds_what_the_alternation_finds(profile: Profile) -> None:
+    """The console's hinted watch and the one-regex alternation agree, match for match,
+    on every sample line and on real logs, from every line start."""
+    watch, regex = profile.crash_watch(), profile.crash_regex()
+    logs = [p.read_bytes() for p in sorted((FIXTURES / "zircon").glob("*.log"))]
+    logs += [p.read_bytes() for p in sorted((FIXTURES / "linux").glob("*.log"))]
+    logs += [p.read_bytes() for p in sorted(ZIRCON_SERIAL.glob("*.txt"))]
+    logs.append(b"\n".join(_sample(s.pattern) for s in profile.crash_signatures))
+    found = 0
+    for data in logs:
+        for pos in [0, *(m.end() for m in re.finditer(rb"\n", data))][::7]:
+            a, b = watch.search(data, pos), regex.search(data, pos)
+            assert (a and a.span()) == (b and b.span()), (profile.name, pos)
+            found += a is not None
+    assert found > 10

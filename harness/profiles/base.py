@@ -74,6 +74,34 @@ class CrashSignature:
         return not (self.boot_banner or self.unless is not None)
 
 
+class CrashWatch:
+    """The live crash watch: a pattern-like object the console adds to every wait.
+
+    pexpect's regex searcher calls `search(buffer, pos)` on each read. An
+    alternation of every signature tries each one's regex at every offset, which
+    made the watch the console's main cost (4 MB/s of captured output, 0.25 s of
+    CPU per boot). Here a signature's regex runs only where its `hint` literal
+    occurs (`bytes.find`, memchr-fast), so ordinary output costs one substring
+    search per signature. The result is what the alternation would give: the
+    leftmost match, the signature declared first on a tie.
+    """
+
+    def __init__(self, signatures: tuple[CrashSignature, ...]) -> None:
+        self.signatures = [(s.hint, s.pattern) for s in signatures]
+        # What pexpect prints when it describes its patterns.
+        self.pattern = b"|".join(b"(?:" + s.pattern.pattern + b")" for s in signatures)
+
+    def search(self, buf: bytes, pos: int = 0) -> re.Match[bytes] | None:
+        best: re.Match[bytes] | None = None
+        for hint, pattern in self.signatures:
+            if hint is not None and buf.find(hint, pos) < 0:
+                continue
+            m = pattern.search(buf, pos)
+            if m is not None and (best is None or m.start() < best.start()):
+                best = m
+        return best
+
+
 @dataclasses.dataclass(frozen=True)
 class Crash:
     signature: str
@@ -119,6 +147,10 @@ class Profile:
         if not parts:
             return _NEVER
         return re.compile(b"|".join(b"(?:" + p + b")" for p in parts), re.MULTILINE)
+
+    def crash_watch(self) -> CrashWatch:
+        """The same signatures as `crash_regex`, as the console's live watch (see CrashWatch)."""
+        return CrashWatch(tuple(s for s in self.crash_signatures if s.fatal and s.unconditional))
 
     def find_crash(self, data: bytes, *, start: int = 0, booted: bool = False) -> Crash | None:
         """The first fatal crash in `data[start:]` (offsets stay relative to `data`).

@@ -57,8 +57,10 @@ CRASH_SIGNATURES: tuple[CrashSignature, ...] = (
          fatal=False),
     _sig("linux-rcu-stall", b"detected stalls", rb"rcu: INFO: \S+ detected stalls", fatal=False),
     # QEMU's own message on its stderr when KVM cannot run the guest (nested KVM here).
-    _sig("host-kvm-error", b"", rb"(?:KVM internal error\. Suberror|kvm run failed )",
+    # Two entries of one name, so that each has a literal hint for the live watch.
+    _sig("host-kvm-error", b"KVM internal error", rb"KVM internal error\. Suberror",
          anchored=False),
+    _sig("host-kvm-error", b"kvm run failed", rb"kvm run failed ", anchored=False),
     _sig("linux-unexpected-reboot", b"Linux version", rb"\[ *0\.000000\] Linux version ",
          boot_banner=True, anchored=False),
 )

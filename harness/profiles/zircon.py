@@ -61,7 +61,9 @@ CRASH_SIGNATURES: tuple[CrashSignature, ...] = (
     # ending in ASSERT counts); a kernel log prefix or "DEBUG" supplies the space.
     _sig("zircon-assert", rb"(?:^| )ASSERT FAILED", hint=b"ASSERT FAILED"),
     _sig("zircon-suspend-timeout", rb"DEVICE SUSPEND TIMED OUT"),
-    _sig("host-kvm-error", rb"(?:kvm run failed |KVM internal error\. Suberror)"),
+    # Two entries of one name, so that each has a literal hint for the live watch.
+    _sig("host-kvm-error", rb"kvm run failed "),
+    _sig("host-kvm-error", rb"KVM internal error\. Suberror", hint=b"KVM internal error"),
     _sig("zircon-panic-shell", rb"entering panic shell loop", unless=BOOT_TEST_SUCCESS.encode()),
     # Printed only by halt_other_cpus(), which runs when a panic starts; usually
     # followed by the line that says what the panic is, which then names it.
