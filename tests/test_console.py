@@ -2,7 +2,7 @@
 
 No VM is needed to test what the console itself must get right (markers robust to
 echo, exit statuses, CR/LF and escape sequences, crash signatures, EOF, floods),
-so these run in seconds; tests/test_qemu_integration.py does it on real guests.
+so these run in seconds; tests/test_suites_integration.py does it on real guests.
 """
 
 from __future__ import annotations

@@ -344,7 +344,13 @@ def test_test_bpf_failures_in_the_module_formats() -> None:
         "[    2.6] test_bpf: #5 ALU_MOV_X ",
         "[    2.6] clocksource: Switched to clocksource tsc",
         "[    2.7] jited:1 96 PASS",
-        "[    2.8] test_bpf: Summary: 3 PASSED, 3 FAILED, [4/4 JIT'ed]",
+        # Seen on a qemu-arm64 run: the split after the timings, the result alone.
+        "[7.170788] test_bpf: #6 ALU_OR_K: 1 | 2 = 3 jited:1 75 ",
+        "[7.201870] hrtimer: interrupt took 20172448 ns",
+        "[7.201973] PASS",
+        "[7.202195] test_bpf: #7 ALU_OR_K: 0 & 0xffffffff = 0xffffffff jited:1 81 ",
+        "[7.202198] ret 0 != 1 (0x0 != 0x1)FAIL (1 times)",
+        "[    2.8] test_bpf: Summary: 5 PASSED, 4 FAILED, [6/6 JIT'ed]",
         "[    2.9] test_bpf: #0 Tail call leaf jited:1 ",
     ])
     cases = test_bpf.parse(text)
@@ -355,12 +361,15 @@ def test_test_bpf_failures_in_the_module_formats() -> None:
         ("test_bpf", "LD_IND", FAIL),
         ("test_bpf", "JMP_JA: Jump, gap, jump", FAIL),
         ("test_bpf", "ALU_MOV_X", PASS),
+        ("test_bpf", "ALU_OR_K: 1 | 2 = 3", PASS),
+        ("test_bpf", "ALU_OR_K: 0 & 0xffffffff = 0xffffffff", FAIL),
         ("test_bpf.tail_calls", "Tail call leaf", FAIL),  # cut off: the next suite ran
     ]
     assert cases[1].message == "ret 0 != 1 (0x0 != 0x1)FAIL (1 times)"
     assert cases[3].message == "FAIL to prog_create err=-22 len=4"
     assert cases[4].message == "UNEXPECTED_PASS"
-    assert cases[6].message == NO_RESULT
+    assert cases[7].message == "ret 0 != 1 (0x0 != 0x1)FAIL (1 times)"
+    assert cases[8].message == NO_RESULT
     assert cases[0].duration_s == pytest.approx(0.1)
 
 

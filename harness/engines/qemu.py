@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -27,6 +28,10 @@ from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
 
+QMP_CONNECT_TIMEOUT_S = 10.0
+# qemu.qmp logs every failed connect at ERROR level, on the person's terminal when the
+# harness configures no logging; the engine reports QMP failures itself, with context.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 BINARIES = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 
@@ -201,6 +206,8 @@ class QemuEngine(Engine):
         # Verdicts per arch, filled by resolve_accel (a probe boot) or from the cache.
         self.accels: dict[str, str] = {}
         self.accel_reasons: dict[str, str] = {}
+        # Environments of one arch starting together wait for one probe, not one each.
+        self._verdict_lock = anyio.Lock()
 
     def binary(self, arch: str) -> str | None:
         return shutil.which(BINARIES[arch])
@@ -243,23 +250,32 @@ class QemuEngine(Engine):
         return vmm
 
     async def _connect_qmp(self, path: Path, process: Any) -> QMPClient | None:
-        """Connect to QMP once QEMU has created the socket; None if QEMU died first."""
-        deadline = time.monotonic() + 10
-        while not path.exists():
+        """Connect to QMP once QEMU listens on its socket; None if QEMU died first.
+
+        The socket file appears at bind(), a moment before listen(): a connection
+        refused (or a file not there yet) in that window is retried, until the deadline.
+        """
+        deadline = time.monotonic() + QMP_CONNECT_TIMEOUT_S
+        while True:
             if process.returncode is not None:
                 return None
-            if time.monotonic() > deadline:
-                raise HarnessError(f"QEMU did not create its QMP socket {path} within 10 s")
+            if not path.exists() and time.monotonic() < deadline:
+                await anyio.sleep(0.01)
+                continue
+            client = QMPClient("harness")
+            try:
+                with anyio.fail_after(max(0.1, deadline - time.monotonic())):
+                    await client.connect(str(path))
+                return client
+            except Exception as e:
+                if process.returncode is not None:
+                    return None
+                cause = getattr(e, "exc", e)
+                not_yet = isinstance(cause, (ConnectionRefusedError, FileNotFoundError))
+                if not not_yet or time.monotonic() > deadline:
+                    raise HarnessError(f"cannot connect to QEMU's QMP socket {path} within "
+                                       f"{QMP_CONNECT_TIMEOUT_S:g} s: {e}") from e
             await anyio.sleep(0.01)
-        client = QMPClient("harness")
-        try:
-            with anyio.fail_after(10):
-                await client.connect(str(path))
-        except Exception as e:
-            if process.returncode is not None:
-                return None
-            raise HarnessError(f"cannot connect to QEMU's QMP socket {path}: {e}") from e
-        return client
 
     def classify_exit(self, returncode: int) -> ExitInfo:
         if returncode < 0:
@@ -303,14 +319,15 @@ class QemuEngine(Engine):
     async def kvm_verdict(self, env: Environment) -> tuple[str, str]:
         """'kvm' only when a real probe boot under KVM reached the boot marker; cached on disk."""
         arch = env.arch
-        if arch in self.accels:
-            return self.accels[arch], self.accel_reasons[arch]
-        accel, reason = self._cached_verdict(arch)
-        if accel is None:
-            accel, reason = await self._probe(env)
-            self._store_verdict(arch, accel, reason)
-        self.accels[arch], self.accel_reasons[arch] = accel, reason
-        return accel, reason
+        async with self._verdict_lock:
+            if arch in self.accels:
+                return self.accels[arch], self.accel_reasons[arch]
+            accel, reason = self._cached_verdict(arch)
+            if accel is None:
+                accel, reason = await self._probe(env)
+                self._store_verdict(arch, accel, reason)
+            self.accels[arch], self.accel_reasons[arch] = accel, reason
+            return accel, reason
 
     async def _probe(self, env: Environment) -> tuple[str, str]:
         host = HOST_ARCH.get(platform.machine(), platform.machine())

@@ -117,8 +117,10 @@ def parse_lines(lines: list[Line]) -> list[Case]:
             assign(key if key in SUITES else "")
             last_suite = _ORDER.index(key) if key in _ORDER else last_suite
             continue
-        if open_name is not None and not open_result and _CONTINUATION.match(s):
-            open_result = _JITED.sub("", s)
+        if open_name is not None and not _OUTCOME.search(open_result) and _CONTINUATION.match(s):
+            # The open test's line may have stopped after `jited:1 75 ` (its timing) or
+            # after its name: what arrives on the continuation line finishes it.
+            open_result = f"{open_result} {_JITED.sub('', s)}".strip()
             continue
     finish(None)
     if unassigned:
