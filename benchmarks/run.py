@@ -711,7 +711,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="interleaved repetitions of the boot, latency and peer measurements")
     ap.add_argument("--blocks", type=int, default=3, help="latency: alternating blocks")
     ap.add_argument("--per-block", type=int, default=10, help="latency: commands per block")
-    ap.add_argument("--parallel-rounds", type=int, default=1)
+    ap.add_argument("--parallel-rounds", type=int, default=3,
+                    help="interleaved --jobs 1 / --jobs 2 pairs (TCG boots vary run to run)")
     ap.add_argument("--serial-rounds", type=int, default=1)
     ap.add_argument("--guest-serial-mb", type=float, default=0.5,
                     help="MB a TCG guest writes to its UART (about 0.3 MB/s: keep it small)")
@@ -727,6 +728,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.blocks, args.per_block = 2, 2, 5
         args.guest_serial_mb, args.capture_mb, args.plan_rounds = 0.3, 10.0, 1
+        args.parallel_rounds = 1
     return args
 
 
