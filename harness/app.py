@@ -189,9 +189,9 @@ def run_command(args: argparse.Namespace) -> int:
     )
     if not runs:
         print("harness: nothing selected to run", file=sys.stderr)
-    _say(args, f"harness: {len(runs)} test runs on "
-               f"{len({r.environment.name for r in runs})} environments, {args.jobs} at a time; "
-               f"results in {out}")
+    n_envs = len({r.environment.name for r in runs})
+    _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
+               f"{args.jobs} at a time; results in {out}")
     runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
                     on_result=lambda r: write_reports(r))
 
@@ -324,3 +324,7 @@ def doctor_command(args: argparse.Namespace) -> int:
     report["images"] = images.list_images()
     print(json.dumps(report, indent=1, default=str))
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
