@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xmlschema
@@ -200,23 +201,32 @@ def test_guest_that_never_boots(tmp_path: Path) -> None:
     junit_valid(tmp_path)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_tears_everything_down_and_writes_results(tmp_path: Path, sig: int) -> None:
+def start_long_guests(tmp_path: Path, n: int,
+                      extra: list[dict[str, Any]] | None = None) -> subprocess.Popen[bytes]:
+    """`harness run --jobs 2` of `n` isolated ten-minute tests (and `extra`), returned once
+    its two guests are running."""
     tests = write_tests(tmp_path, [
         {"name": f"long{i}", "path": "/bin/sleep", "args": ["600"], "timeout": 900,
-         "isolated": True}
-        for i in range(3)
-    ] + [{"name": "quick", "path": "/bin/true"}])
+         "isolated": True} for i in range(n)] + (extra or []))
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", "--quiet", "--out", str(tmp_path / "out"),
          "--tests", str(tests), "--env", ENV, "--jobs", "2"],
         cwd=ROOT, env=harness_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(vmm_pids(tmp_path / "t")) < 2:
+        time.sleep(0.2)
+    if len(vmm_pids(tmp_path / "t")) != 2:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("two guests should be running")
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_tears_everything_down_and_writes_results(tmp_path: Path, sig: int) -> None:
+    proc = start_long_guests(tmp_path, 3, extra=[{"name": "quick", "path": "/bin/true"}])
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(vmm_pids(tmp_path / "t")) < 2:
-            time.sleep(0.2)
-        assert len(vmm_pids(tmp_path / "t")) == 2, "two guests should be running"
         time.sleep(3)
         t0 = time.monotonic()
         proc.send_signal(sig)
@@ -284,22 +294,9 @@ def test_unknown_environment_and_missing_kernel_exit_2(tmp_path: Path) -> None:
 
 def test_harness_killed_with_sigkill_takes_its_vmms_along(tmp_path: Path) -> None:
     """No teardown can run after SIGKILL: the VMMs die with their parent (PDEATHSIG)."""
-    tests = write_tests(tmp_path, [
-        {"name": f"long{i}", "path": "/bin/sleep", "args": ["600"], "timeout": 900,
-         "isolated": True} for i in range(2)])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", "--quiet", "--out", str(tmp_path / "out"),
-         "--tests", str(tests), "--env", ENV, "--jobs", "2"],
-        cwd=ROOT, env=harness_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(vmm_pids(tmp_path / "t")) < 2:
-            time.sleep(0.2)
-        assert len(vmm_pids(tmp_path / "t")) == 2
-    finally:
-        proc.kill()
-        proc.wait()
+    proc = start_long_guests(tmp_path, 2)
+    proc.kill()
+    proc.wait()
     deadline = time.monotonic() + 10
     while vmm_pids(tmp_path / "t") and time.monotonic() < deadline:
         time.sleep(0.1)
