@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the harness costs over the raw VMM, how it scales, and how it compares to labgrid.
 
-Runs every measurement of issue 7 side by side in one run, prints a table of figures with
+Runs every measurement side by side in one run, prints a table of figures with
 their ratios and PASS/MISS per target, and writes everything (samples included) as JSON.
 See benchmarks/README.md. Run it with the project's venv:
 

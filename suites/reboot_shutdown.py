@@ -8,7 +8,7 @@ Guest launches it again on the same serial log, so a suite only ever asks for
 
 The Linux tests run for real on the harness's Debian + busybox guests. The
 Zircon functions (`zircon_power`, `zircon_reboot`, `zircon_shutdown`) follow
-Fuchsia's own reboot and shutdown tests (shared/reference/fuchsia.md): they
+Fuchsia's own reboot and shutdown tests (src/tests/{reboot,shutdown}): they
 cannot boot here (no Zircon image), so their logic is exercised on transcripts
 by tests/test_suites_offline.py.
 """

@@ -1,7 +1,7 @@
 """The crosvm engine's pure parts: argv, exit meanings, binary lookup, availability reasons.
 
 The argv is checked two ways: against crosvm's option rules written down here
-from shared/reference/crosvm.md (global flags first, `--flag value`, no
+from crosvm's src/crosvm/cmdline.rs (global flags first, `--flag value`, no
 deprecated flag, kernel last), and by feeding it to the crosvm double's own
 argh-style parser, which validates every keyvalue field the way crosvm does.
 """
@@ -42,7 +42,7 @@ from harness.images.model import GuestImage
 
 DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
 
-# shared/reference/crosvm.md, "Deprecated flags": crosvm still accepts them, with a warning.
+# crosvm's deprecated flags (src/crosvm/cmdline.rs): still accepted, with a warning.
 SPEC_DEPRECATED = {
     "--disk", "--root", "--rwdisk", "--rwroot", "--cid", "--host-ip", "--netmask", "--mac",
     "--tap-name", "--tap-fd", "--vhost-net", "--kvm-device", "--split-irqchip", "--gpu-display",

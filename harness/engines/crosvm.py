@@ -1,7 +1,7 @@
 """crosvm: the command line exactly as crosvm defines it, control through its own CLI.
 
-Everything here follows crosvm's own contract (shared/reference/crosvm.md, read
-from crosvm's source): current options only, each as `--flag value`; global
+Everything here follows crosvm's own contract, read from its source at commit
+f1e797a6 (src/crosvm/cmdline.rs, src/main.rs): current options only, each as `--flag value`; global
 flags before `run`; the kernel last. A VM's control is a separate `crosvm
 SUBCOMMAND ... SOCKET` invocation per operation, and an exit status is the
 only thing crosvm says about how the VM ended, so `--extended-status` is
