@@ -210,8 +210,9 @@ class QemuEngine(Engine):
         # Verdicts per arch, filled by resolve_accel (a probe boot) or from the cache.
         self.accels: dict[str, str] = {}
         self.accel_reasons: dict[str, str] = {}
-        # Environments of one arch starting together wait for one probe, not one each.
-        self._verdict_lock = anyio.Lock()
+        # Environments of one arch starting together wait for one probe, not one each;
+        # another arch's verdict does not wait for it.
+        self._verdict_locks: dict[str, anyio.Lock] = {}
 
     def binary(self, arch: str) -> str | None:
         return shutil.which(BINARIES[arch])
@@ -323,7 +324,7 @@ class QemuEngine(Engine):
     async def kvm_verdict(self, env: Environment) -> tuple[str, str]:
         """'kvm' only when a real probe boot under KVM reached the boot marker; cached on disk."""
         arch = env.arch
-        async with self._verdict_lock:
+        async with self._verdict_locks.setdefault(arch, anyio.Lock()):
             if arch in self.accels:
                 return self.accels[arch], self.accel_reasons[arch]
             accel, reason = self._cached_verdict(arch)
