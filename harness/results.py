@@ -2,9 +2,12 @@
 
 Reporters (JUnit, summary.json, the terminal) read only these records, so a run
 can be re-reported, merged across shards, or re-parsed without touching a VMM.
-Statuses follow Fuchsia's summary.json vocabulary, because its dashboards are the
-strictest consumer: FAIL is the guest's fault, INFRA_FAIL the harness's or the
-host's, ABORT a test that ran out of time or was interrupted.
+Statuses follow Fuchsia's summary.json vocabulary (tools/testing/runtests/runtests.go),
+because its dashboards are the strictest consumer: FAIL is the guest's fault,
+INFRA_FAIL the harness's or the host's, ABORT a test that ran out of time or was
+interrupted. EXONERATED is only ever read, from Fuchsia's own summary files: a
+failure someone declared not critical, which Fuchsia's ResultDB uploader
+(tools/testing/resultdb/lib.go) reports as failed *and* exonerated.
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ class Status(enum.StrEnum):
     INFRA_FAIL = "INFRA_FAIL"
     ABORT = "ABORT"
     SKIP = "SKIP"
+    EXONERATED = "EXONERATED"
 
     @property
     def ok(self) -> bool:
-        """True when the status does not fail a run (a skip is not a pass, but not a failure)."""
-        return self in (Status.PASS, Status.SKIP)
+        """True when the status does not fail a run.
+
+        A skip is not a pass, but not a failure; an exonerated test failed, but its
+        failure was declared not to count, which is what exoneration means to
+        ResultDB, so it fails no run either.
+        """
+        return self in (Status.PASS, Status.SKIP, Status.EXONERATED)
 
 
 @dataclasses.dataclass
@@ -39,6 +48,7 @@ class Case:
     duration_s: float = 0.0
     message: str = ""
     format: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +58,7 @@ class Case:
             "duration_s": round(self.duration_s, 6),
             "message": self.message,
             "format": self.format,
+            "tags": dict(self.tags),
         }
 
     @classmethod
@@ -59,6 +70,7 @@ class Case:
             duration_s=float(d.get("duration_s", 0.0)),
             message=d.get("message", ""),
             format=d.get("format", ""),
+            tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
         )
 
 
@@ -125,6 +137,9 @@ class TestResult:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     repro: str = ""
     folder: str = ""
+    # A test the crash scan made up (tefmocheck's synthetic tests), not one from tests.json;
+    # summary.json's is_testing_failure_mode.
+    testing_failure_mode: bool = False
 
     @property
     def final(self) -> Attempt:
@@ -169,6 +184,7 @@ class TestResult:
             "tags": dict(self.tags),
             "repro": self.repro,
             "folder": self.folder,
+            "testing_failure_mode": self.testing_failure_mode,
             "attempts": [a.to_json() for a in self.attempts],
         }
 
@@ -187,6 +203,7 @@ class TestResult:
             tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
             repro=d.get("repro", ""),
             folder=d.get("folder", ""),
+            testing_failure_mode=bool(d.get("testing_failure_mode", False)),
             attempts=[Attempt.from_json(a) for a in d.get("attempts", [])],
         )
 

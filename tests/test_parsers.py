@@ -460,7 +460,8 @@ def test_parse_log_zircon_crash_and_cut_off_case() -> None:
     result = parse_log(data, profile="zircon")
     assert result["format"] == "gtest"
     assert [c["signature"] for c in result["crashes"]] == ["zircon-kernel-panic"]
-    assert result["totals"] == {"PASS": 1, "FAIL": 1, "INFRA_FAIL": 0, "ABORT": 0, "SKIP": 0}
+    assert result["totals"] == {"PASS": 1, "FAIL": 1, "INFRA_FAIL": 0, "ABORT": 0, "SKIP": 0,
+                                "EXONERATED": 0}
     cases = [Case.from_json(c) for c in result["cases"]]
     assert summary(cases) == [("FutexTest", "Wait", PASS), ("FutexTest", "WakeRequeue", FAIL)]
     json.dumps(result)  # what `harness parse` prints

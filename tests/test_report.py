@@ -23,6 +23,7 @@ from harness.report import (
     write_summary,
 )
 from harness.report import junit as junit_mod
+from harness.report.summary import summary_string
 from harness.results import Attempt, Case, RunResult, Status
 from harness.results import TestResult as TResult  # not "Test*": pytest would collect it
 from harness.textsafe import (
@@ -113,6 +114,16 @@ def every_kind(out_dir: Path) -> RunResult:
     big = result("big-log", [Status.PASS], env="crosvm-x86_64")
     big.final.serial_tail = BIG_HEAD + "x" * (5 * 1024 * 1024) + "\n" + BIG_TAIL
     never = result("never-ran", [], suite="rs")
+    # What the crash scan adds: a synthetic test, named as tefmocheck names it.
+    scan = result("string_in_log/serial.log/ZIRCON KERNEL PANIC", [Status.FAIL],
+                  env="crosvm-x86_64")
+    scan.testing_failure_mode = True
+    scan.folder = "crosvm-x86_64/scan"
+    scan.final.artifacts = {}
+    scan.final.cases = [Case("panic", Status.FAIL, "scan", 0.0, "ZIRCON KERNEL PANIC at x",
+                             "tefmocheck", tags={"z": "last", "expectation": "failure"})]
+    # Only ever read from Fuchsia's own files, but a merged run can hold one.
+    exonerated = result("exonerated", [Status.EXONERATED], env="crosvm-x86_64")
     return RunResult(
         results=[
             result("pass", [Status.PASS]),
@@ -127,6 +138,8 @@ def every_kind(out_dir: Path) -> RunResult:
             never,
             nasty,
             big,
+            scan,
+            exonerated,
         ],
         out_dir=out_dir,
         interrupted=True,
@@ -416,56 +429,116 @@ def test_failed_write_keeps_old_file_and_no_temp(
 
 # ---------------------------------------------------------------- summary.json
 
+# runtests.go's JSON names, in the order Go's encoder writes them (TestDetails embeds
+# TestResult first). Optional: omitempty ones the harness may leave out.
+TEST_FIELDS = ["output_files", "output_dir", "cases", "failure_reason", "name", "gn_label",
+               "source_label", "result", "start_time", "duration_milliseconds",
+               "is_testing_failure_mode", "affected", "tags", "metadata"]
+TEST_OPTIONAL = {"failure_reason"}
+CASE_FIELDS = ["display_name", "suite_name", "case_name", "status", "duration_nanos", "format",
+               "failure_reason", "tags"]
+CASE_OPTIONAL = {"failure_reason"}
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
-def test_summary_has_fuchsia_fields(tmp_path: Path) -> None:
+
+def by_name(doc: dict) -> dict[tuple[str, str], dict]:
+    return {(t["name"], t["harness"]["environment"]): t for t in doc["tests"]}
+
+
+def test_summary_entries_have_exactly_runtests_fields(tmp_path: Path) -> None:
+    doc = summary_dict(every_kind(tmp_path))
+    # TestSummary: `tests`, and `outputs` left out as omitempty does when empty.
+    assert list(doc) == ["tests", "harness_run"]
+    for t in doc["tests"]:
+        keys = [k for k in t if k != "harness"]
+        assert keys == [f for f in TEST_FIELDS if f in keys], keys
+        assert set(TEST_FIELDS) - set(keys) <= TEST_OPTIONAL
+        assert list(t)[-1] == "harness"
+        for c in t["cases"]:
+            ckeys = list(c)
+            assert ckeys == [f for f in CASE_FIELDS if f in ckeys], ckeys
+            assert set(CASE_FIELDS) - set(ckeys) <= CASE_OPTIONAL
+    text = summary_string(every_kind(tmp_path))
+    assert '"fail_reason"' not in text and '"outputs"' not in text
+
+
+def test_summary_field_values(tmp_path: Path) -> None:
     run = every_kind(tmp_path)
     (tmp_path / "qemu-x86_64" / "pass").mkdir(parents=True)
     (tmp_path / "qemu-x86_64" / "pass" / "vmm-command.txt").write_text("qemu ...")
     doc = summary_dict(run)
-    assert doc["outputs"] == {}
-    tests = {(t["name"], dict((g["key"], g["value"]) for g in t["tags"])["environment"]): t
-             for t in doc["tests"]}
+    tests = by_name(doc)
     assert len(tests) == len(run.results)
-    rfc3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
     assert {t["result"] for t in doc["tests"]} == {s.value for s in Status}
     for t in doc["tests"]:
-        assert rfc3339.match(t["start_time"]), t["start_time"]
+        assert RFC3339.match(t["start_time"]), t["start_time"]
         assert isinstance(t["duration_milliseconds"], int)
-        assert t["result"] in ("PASS", "FAIL", "ABORT", "SKIP", "INFRA_FAIL")
+        assert t["source_label"] == "" and t["affected"] is False and t["metadata"] == {}
         assert all(not Path(f).is_absolute() for f in t["output_files"])
+        for c in t["cases"]:
+            assert isinstance(c["duration_nanos"], int)
 
     passed = tests[("pass", "qemu-x86_64")]
     assert passed["gn_label"] == "//src/tests:pass"
     assert passed["start_time"] == "2024-05-01T12:00:10.250000Z"
     assert passed["duration_milliseconds"] == 2500
-    assert passed["output_files"] == [
-        "qemu-x86_64/pass/attempt-1/serial.log", "qemu-x86_64/pass/vmm-command.txt"]
-    tags = {g["key"]: g["value"] for g in passed["tags"]}
-    assert tags == {
-        "environment": "qemu-x86_64", "suite": "core", "engine": "qemu", "arch": "x86_64",
-        "accel": "tcg", "kernel": "debian-6.1", "blocking": "true", "flaky": "false",
-        "attempts": "1", "owner": "virt", "boot_time_s": "2.25", "vmm_cpu_s": "0.5",
-    }
+    # testrunner's layout: output_dir is the test's folder, output_files relative to it.
+    assert passed["output_dir"] == "qemu-x86_64/pass"
+    assert passed["output_files"] == ["attempt-1/serial.log", "vmm-command.txt"]
+    assert passed["tags"] == [{"key": k, "value": v} for k, v in [
+        ("environment", "qemu-x86_64"), ("suite", "core"), ("engine", "qemu"),
+        ("arch", "x86_64"), ("accel", "tcg"), ("kernel", "debian-6.1"), ("blocking", "true"),
+        ("flaky", "false"), ("attempts", "1"), ("owner", "virt"), ("boot_time_s", "2.25"),
+        ("vmm_cpu_s", "0.5")]]
     assert passed["is_testing_failure_mode"] is False
     assert "failure_reason" not in passed
+    assert passed["cases"] == []
 
     flaky = tests[("flaky", "qemu-x86_64")]
-    assert flaky["result"] == "PASS"
+    assert flaky["result"] == "PASS" and "failure_reason" not in flaky
     assert {g["key"]: g["value"] for g in flaky["tags"]}["flaky"] == "true"
     assert flaky["duration_milliseconds"] == 2500 + 3500
+    assert flaky["output_files"] == ["attempt-1/serial.log", "attempt-2/serial.log"]
     assert len(flaky["harness"]["attempts"]) == 2
 
-    assert tests[("infra", "qemu-x86_64")]["is_testing_failure_mode"] is True
-    assert tests[("abort", "qemu-x86_64")]["failure_reason"] == "abort attempt 1 ABORT"
+    # An infrastructure failure is a failure of the test, not tefmocheck's testing failure mode.
+    infra = tests[("infra", "qemu-x86_64")]
+    assert infra["is_testing_failure_mode"] is False
+    assert infra["failure_reason"] == {"errors": [{"message": "infra attempt 1 INFRA_FAIL"}]}
+    assert tests[("abort", "qemu-x86_64")]["failure_reason"] == {
+        "errors": [{"message": "abort attempt 1 ABORT"}]}
+    assert tests[("never-ran", "qemu-x86_64")]["failure_reason"] == {
+        "errors": [{"message": "no attempt ran"}]}
+    # The whole message, as runtests.FailureReasonFromMessage keeps it (trimmed, not cut).
+    nasty = tests[("nasty-output", "crosvm-x86_64")]
+    assert nasty["failure_reason"]["errors"][0]["message"] == ("guest said " + NASTY).strip()
+
+    scan = tests[("string_in_log/serial.log/ZIRCON KERNEL PANIC", "crosvm-x86_64")]
+    assert scan["is_testing_failure_mode"] is True
+    assert (scan["output_dir"], scan["output_files"]) == ("crosvm-x86_64/scan", [])
+    assert scan["cases"][0]["tags"] == [{"key": "expectation", "value": "failure"},
+                                        {"key": "z", "value": "last"}]
+    exonerated = tests[("exonerated", "crosvm-x86_64")]
+    assert exonerated["result"] == "EXONERATED"
+    assert exonerated["failure_reason"] == {
+        "errors": [{"message": "exonerated attempt 1 EXONERATED"}]}
 
     cases = tests[("core-tests", "qemu-x86_64")]["cases"]
     assert cases[1] == {
         "display_name": "VmoTestCase.Resize", "suite_name": "VmoTestCase",
         "case_name": "Resize", "status": "FAIL", "duration_nanos": 2_000_000,
-        "format": "GoogleTest", "fail_reason": "Failure: Expected size",
+        "format": "GoogleTest",
+        "failure_reason": {"errors": [
+            {"message": "path/file.cc:123: Failure: Expected size\nmore lines"}]},
+        "tags": [],
     }
+    assert cases[0] == {
+        "display_name": "VmoTestCase.Create", "suite_name": "VmoTestCase",
+        "case_name": "Create", "status": "PASS", "duration_nanos": 4_000_000,
+        "format": "GoogleTest", "tags": []}
+    assert "failure_reason" not in cases[2]  # a skip, with a reason that is no failure
     assert cases[3]["display_name"] == "timer" and cases[3]["status"] == "ABORT"
-    assert cases[0]["duration_nanos"] == 4_000_000 and "fail_reason" not in cases[0]
+    assert cases[3]["failure_reason"] == {"errors": [{"message": "hung"}]}
 
     meta = doc["harness_run"]
     assert meta["interrupted"] is True
@@ -473,6 +546,30 @@ def test_summary_has_fuchsia_fields(tmp_path: Path) -> None:
     assert meta["duration_s"] == 42.125
     assert meta["totals"] == run.totals()
     assert meta["totals"]["FLAKY"] == 2
+
+
+def test_summary_omits_what_go_omits(tmp_path: Path) -> None:
+    """omitempty: no failure_reason without a message; output_dir empty without a folder."""
+    silent = result("silent", [Status.FAIL])
+    silent.final.message = "  \n "
+    silent.final.cases = [Case("quiet", Status.FAIL, "S", 0.0, "", "GoogleTest")]
+    loose = result("loose", [Status.PASS])
+    loose.folder = ""
+    loose.final.artifacts = {"serial.log": "elsewhere/serial.log",
+                             "outside": "/somewhere/else.log"}
+    inside = result("inside", [Status.PASS])
+    inside.final.artifacts["shared"] = "qemu-x86_64/shared-guest/serial.log"
+    doc = summary_dict(RunResult([silent, loose, inside], tmp_path, started=T0))
+    tests = by_name(doc)
+    entry = tests[("silent", "qemu-x86_64")]
+    assert "failure_reason" not in entry and "failure_reason" not in entry["cases"][0]
+    loose_entry = tests[("loose", "qemu-x86_64")]
+    assert (loose_entry["output_dir"], loose_entry["output_files"]) == (
+        "", ["elsewhere/serial.log"])  # the absolute path is not Fuchsia's to list
+    inside_entry = tests[("inside", "qemu-x86_64")]
+    # A file outside the test's folder: relative to output_dir, as filepath.Rel makes it.
+    assert inside_entry["output_files"] == [
+        "attempt-1/serial.log", "../shared-guest/serial.log"]
 
 
 def test_summary_round_trips_exactly(tmp_path: Path) -> None:
@@ -486,27 +583,98 @@ def test_summary_round_trips_exactly(tmp_path: Path) -> None:
     assert back.results == run.results  # dataclass equality: every attempt, every field
     (nasty,) = [r for r in back.results if r.test == "nasty-output"]
     assert nasty.final.serial_tail == NASTY
+    (scan,) = [r for r in back.results if r.testing_failure_mode]
+    assert scan.final.cases[0].tags == {"z": "last", "expectation": "failure"}
     assert (back.interrupted, back.started, back.duration_s) == (True, T0, 42.125)
     assert [r.flaky for r in back.results] == [r.flaky for r in run.results]
+
+
+def test_model_json_defaults_for_older_records() -> None:
+    """Records written before testing_failure_mode and case tags existed still load."""
+    case = Case.from_json({"name": "a", "status": "PASS"})
+    assert case.tags == {}
+    assert Case.from_json(Case("a", Status.FAIL, tags={"k": "v"}).to_json()).tags == {"k": "v"}
+    old = result("t", [Status.PASS]).to_json()
+    del old["testing_failure_mode"]
+    assert TResult.from_json(old).testing_failure_mode is False
+
+
+def test_exonerated_fails_no_run(tmp_path: Path) -> None:
+    assert Status.EXONERATED.ok
+    run = RunResult([result("e", [Status.EXONERATED])], tmp_path, started=T0)
+    assert not run.blocking_failed
+    assert run.totals()["EXONERATED"] == 1
+    retried = result("r", [Status.EXONERATED, Status.PASS])
+    assert not retried.flaky  # an exonerated attempt is not a failure to retry past
+
+
+def test_junit_shows_exonerated_as_not_failed(tmp_path: Path,
+                                               schema: xmlschema.XMLSchema) -> None:
+    text = junit_string(every_kind(tmp_path))
+    schema.validate(text)
+    case = find_case(ET.fromstring(text), "crosvm-x86_64.core", "exonerated")
+    assert [c.tag for c in case] == ["system-out"]
+    out = case.findtext("system-out") or ""
+    assert "result: EXONERATED" in out and "message: exonerated attempt 1 EXONERATED" in out
+    scan = find_case(ET.fromstring(text), "crosvm-x86_64.core",
+                     "string_in_log/serial.log/ZIRCON KERNEL PANIC")
+    assert scan.find("failure") is not None
 
 
 def test_load_plain_fuchsia_summary(tmp_path: Path) -> None:
     path = tmp_path / "summary.json"
     path.write_text(json.dumps({"tests": [{
-        "name": "core-tests", "gn_label": "//zircon:core-tests", "result": "FAIL",
-        "start_time": "2024-05-01T12:00:00.123456789Z", "duration_milliseconds": 1500,
-        "output_files": ["core-tests/stdout.txt"],
-        "tags": [{"key": "environment", "value": "crosvm-x64"}, {"key": "owner", "value": "z"}],
+        "output_files": ["stdout-and-stderr.txt", "syslog.txt"], "output_dir": "core-tests/0",
         "cases": [{"display_name": "A.b", "suite_name": "A", "case_name": "b", "status": "FAIL",
-                   "duration_nanos": 5_000_000, "format": "GoogleTest", "fail_reason": "boom"}],
-    }], "outputs": {}}))
+                   "duration_nanos": 5_000_000, "format": "GoogleTest",
+                   "failure_reason": {"errors": [{"message": "boom", "trace": "at x"}]},
+                   "tags": [{"key": "expectation", "value": "failure"}]}],
+        "failure_reason": {"errors": [{"message": "first"}, {"message": "second",
+                                                             "trace": "stack"}],
+                           "truncated_errors_count": 2},
+        "name": "core-tests", "gn_label": "//zircon:core-tests", "source_label": "//zircon",
+        "result": "FAIL", "data_sinks": {"llvm-profile": [{"name": "a", "file": "b"}]},
+        "start_time": "2024-05-01T12:00:00.123456789Z", "duration_milliseconds": 1500,
+        "is_testing_failure_mode": True, "affected": True,
+        "tags": [{"key": "environment", "value": "crosvm-x64"}, {"key": "owner", "value": "z"}],
+        "metadata": {"owners": ["a@b"], "component_id": 7},
+    }], "outputs": {"x": "y"}}))
     run = load_summary(path)
     (r,) = run.results
-    assert (r.test, r.environment, r.label, r.status, r.tags) == (
-        "core-tests", "crosvm-x64", "//zircon:core-tests", Status.FAIL, {"owner": "z"})
+    assert (r.test, r.environment, r.label, r.status, r.tags, r.testing_failure_mode) == (
+        "core-tests", "crosvm-x64", "//zircon:core-tests", Status.FAIL, {"owner": "z"}, True)
     assert r.start_time == dt.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
-    assert r.final.duration_s == 1.5
-    assert r.final.cases == [Case("b", Status.FAIL, "A", 0.005, "boom", "GoogleTest")]
+    assert run.started == r.start_time
+    assert (r.final.duration_s, r.final.message, r.final.details) == (
+        1.5, "first\nsecond", "stack")
+    assert r.final.artifacts == {"stdout-and-stderr.txt": "core-tests/0/stdout-and-stderr.txt",
+                                 "syslog.txt": "core-tests/0/syslog.txt"}
+    assert r.final.cases == [Case("b", Status.FAIL, "A", 0.005, "boom\nat x", "GoogleTest",
+                                  tags={"expectation": "failure"})]
+
+
+def test_load_old_and_go_zero_fuchsia_summaries(tmp_path: Path) -> None:
+    """Old spellings (`Pass`, `output_file`, a string failure_reason, case `fail_reason`),
+    and what Go writes for empty values (`null` lists, the zero time, `"tests": null`)."""
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"tests": [
+        {"name": "old", "result": "Fail", "output_file": "old/out.txt",
+         "failure_reason": "it broke", "start_time": "2019-01-02T03:04:05Z",
+         "cases": [{"display_name": "S.c", "status": "Fail", "fail_reason": "c broke"}]},
+        {"name": "zero", "result": "SKIP", "output_files": None, "cases": None, "tags": None,
+         "start_time": "0001-01-01T00:00:00Z", "duration_milliseconds": 0},
+        {"name": "no-time", "result": "PASS"},
+    ]}))
+    old, zero, no_time = load_summary(path).results
+    assert (old.status, old.final.message, old.final.artifacts) == (
+        Status.FAIL, "it broke", {"old/out.txt": "old/out.txt"})
+    assert old.final.cases == [Case("S.c", Status.FAIL, "", 0.0, "c broke")]
+    assert (zero.status, zero.final.cases, zero.final.artifacts) == (Status.SKIP, [], {})
+    assert zero.start_time == no_time.start_time == dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    # The run's start ignores Go's zero time; it is the earliest real one.
+    assert load_summary(path).started == dt.datetime(2019, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    path.write_text('{"tests": null}')
+    assert load_summary(path).results == []
 
 
 @pytest.mark.parametrize(
@@ -514,9 +682,27 @@ def test_load_plain_fuchsia_summary(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ('{"outputs": {}}', "'tests'"),
+        ('{"tests": {}}', "'tests'"),
         ('{"tests": [{"name": "x", "harness": {"test": "x"}}]}', r"tests\[0\] \(x\).*suite"),
         ('{"tests": [{"name": "y", "result": "MAYBE", "start_time": "2024-01-01T00:00:00Z"}]}',
-         r"tests\[0\] \(y\): malformed"),
+         r"tests\[0\] \(y\): field 'result': malformed: unknown status 'MAYBE'"),
+        ('{"tests": [{"result": "PASS"}]}', r"tests\[0\]: field 'name': missing"),
+        ('{"tests": [{"name": "n"}]}', r"tests\[0\] \(n\): field 'result': missing"),
+        ('{"tests": [{"name": "z", "result": "FAIL", "failure_reason": ["x"]}]}',
+         r"\(z\): field '.failure_reason': malformed: expected an object"),
+        ('{"tests": [{"name": "z", "result": "FAIL", '
+         '"failure_reason": {"errors": [{"message": 3}]}}]}',
+         r"field '.failure_reason.errors\[0\].message': malformed: expected str"),
+        ('{"tests": [{"name": "d", "result": "PASS", "duration_milliseconds": "5"}]}',
+         r"field 'duration_milliseconds': malformed: expected"),
+        ('{"tests": [{"name": "t", "result": "PASS", "start_time": "yesterday"}]}',
+         r"field 'start_time': malformed: not an RFC 3339 time"),
+        ('{"tests": [{"name": "c", "result": "PASS", "cases": [{"status": "PASS", '
+         '"duration_nanos": true}]}]}', r"field 'cases\[0\].duration_nanos': malformed"),
+        ('{"tests": [{"name": "g", "result": "PASS", "tags": [{"value": "v"}]}]}',
+         r"field 'tags\[0\].key': missing"),
+        ('{"tests": [{"name": "f", "result": "PASS", "output_files": [1]}]}',
+         r"field 'output_files\[0\]': malformed"),
     ],
 )
 def test_load_summary_rejects_bad_input_clearly(tmp_path: Path, content: str, match: str) -> None:

@@ -253,7 +253,7 @@ def test_runner_writes_repro_sh_for_failed_tests(tmp_path: Path) -> None:
         assert shlex.split(r.repro) == [*base, "--env", ENV, "-k", exact_glob(r.test)]
     write_reports(run)
     entry = json.loads((out / "summary.json").read_text())["tests"][0]
-    assert f"{ENV}/needs-image/repro.sh" in entry["output_files"]
+    assert entry["output_dir"] == f"{ENV}/needs-image" and "repro.sh" in entry["output_files"]
 
 
 def test_write_repro_script_skips_passing_or_lineless(tmp_path: Path) -> None:
@@ -322,7 +322,7 @@ def test_repro_reruns_the_failing_test_and_fails_the_same_way(
                                   str(envs), "--env", ENV, "-k", "always-fails"]
     script = first / failed["harness"]["folder"] / "repro.sh"
     assert script.read_text() == f"#!/bin/sh\nexec {repro}\n" and os.access(script, os.X_OK)
-    assert f"{ENV}/always-fails/repro.sh" in failed["output_files"]
+    assert failed["output_dir"] == f"{ENV}/always-fails" and "repro.sh" in failed["output_files"]
 
     second = tmp_path / "second"
     proc = _harness(short_tmp, tmp_path, "repro", str(first), "always-fails",
