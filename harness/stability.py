@@ -15,6 +15,9 @@ Choices, made so that a promotion is never granted on weak evidence:
   engine is missing on that bot) is no evidence, so it is not a pass.
 - Infrastructure failures count against: a builder whose host keeps failing
   is not ready to block anyone's change either.
+- EXONERATED (only in Fuchsia's own summary files: a failure declared not to
+  count) fails no run, as it fails no exit status, but it is no pass either:
+  counted as `exonerated`, outside the pass rate, like a skip.
 - An interrupted run is not a pass; its tests that never started (ABORT in an
   interrupted run) are counted as `interrupted`, not as failures, so they do
   not drag pass rates down.
@@ -24,6 +27,11 @@ Choices, made so that a promotion is never granted on weak evidence:
   booted a guest. Per run, the median of an environment's (or a test's)
   samples; the trend is first, last, median and a least-squares slope in
   seconds per run, the run index counting every run given, in start order.
+
+Any summary.json is read, the harness's own and Fuchsia's (old and new
+formats): tests of a Fuchsia file carry no environment tag, so they are
+grouped under the environment "" (shown as `(no environment)`) and count as
+blocking, which their builders are.
 """
 
 from __future__ import annotations
@@ -200,6 +208,7 @@ class TestStability:
     flaky: int = 0
     failed: int = 0  # FAIL, INFRA_FAIL, ABORT (except ABORTs of an interrupted run)
     skipped: int = 0
+    exonerated: int = 0
     interrupted: int = 0
     statuses: dict[str, int] = dataclasses.field(default_factory=dict)
     last_status: str = ""
@@ -223,6 +232,8 @@ class TestStability:
             self.flaky += result.flaky
         elif status == Status.SKIP:
             self.skipped += 1
+        elif status == Status.EXONERATED:
+            self.exonerated += 1
         elif _interrupted(run, result):
             self.interrupted += 1
         else:
@@ -238,6 +249,7 @@ class TestStability:
             "flaky": self.flaky,
             "failed": self.failed,
             "skipped": self.skipped,
+            "exonerated": self.exonerated,
             "interrupted": self.interrupted,
             "pass_rate": None if rate is None else round(rate, 4),
             "statuses": dict(sorted(self.statuses.items())),
@@ -440,7 +452,8 @@ def report_text(report: StabilityReport) -> str:
     for env in report.environments:
         kind = "blocking" if env.blocking else "FYI"
         lines.append("")
-        lines.append(f"{terminal_safe(env.environment)} ({kind}): seen in {env.runs_seen} "
+        name = terminal_safe(env.environment) or "(no environment)"
+        lines.append(f"{name} ({kind}): seen in {env.runs_seen} "
                      f"run{'s' * (env.runs_seen != 1)}, boot s {_trend_text(env.boot)}")
         if env.ready is not None:
             verdict = "READY to be made blocking" if env.ready else "not ready"
@@ -455,7 +468,8 @@ def report_text(report: StabilityReport) -> str:
     lines.append("")
     ready = report.ready
     lines.append("ready to be made blocking: " +
-                 (", ".join(terminal_safe(e) for e in ready) if ready else "none"))
+                 (", ".join(terminal_safe(e) or "(no environment)" for e in ready)
+                  if ready else "none"))
     return "\n".join(lines) + "\n"
 
 

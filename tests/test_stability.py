@@ -22,6 +22,7 @@ from harness.stability import Trend, analyze, find_summaries, load_runs, stabili
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 P, F, S, A, INFRA = Status.PASS, Status.FAIL, Status.SKIP, Status.ABORT, Status.INFRA_FAIL
+EX = Status.EXONERATED
 
 
 def result(env: str, test: str, statuses: Sequence[Status], *, blocking: bool = False,
@@ -79,6 +80,20 @@ def test_pass_rate_flakes_and_runs_seen(tmp_path: Path) -> None:
     # Skips count neither way: 2 of 2 that ran.
     assert (u.runs_seen, u.passed, u.skipped, u.pass_rate) == (3, 2, 1, 1.0)
     assert env.runs_seen == 4
+
+
+def test_exonerated_fails_no_run_and_is_no_pass(tmp_path: Path) -> None:
+    """EXONERATED (from Fuchsia's files): outside the pass rate, and no failed run."""
+    write_run(tmp_path, "a", 0, [result("e", "t", [P]), result("e", "x", [EX])])
+    write_run(tmp_path, "b", 1, [result("e", "t", [P]), result("e", "x", [P])])
+    report = stability([tmp_path], last=2)
+    (env,) = report.environments
+    _, x = env.tests
+    assert (x.passed, x.failed, x.exonerated, x.skipped, x.pass_rate) == (1, 0, 1, 0, 1.0)
+    assert x.statuses == {"EXONERATED": 1, "PASS": 1}
+    assert [v.verdict for v in env.history] == ["pass", "pass"]
+    assert env.ready is True
+    assert x.to_json()["exonerated"] == 1
 
 
 def test_never_ran_has_no_pass_rate(tmp_path: Path) -> None:
