@@ -1,0 +1,3 @@
+module summaryreader
+
+go 1.19
