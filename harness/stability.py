@@ -31,7 +31,7 @@ Choices, made so that a promotion is never granted on weak evidence:
 Any summary.json is read, the harness's own and Fuchsia's (old and new
 formats): tests of a Fuchsia file carry no environment tag, so they are
 grouped under the environment "" (shown as `(no environment)`) and count as
-blocking, which their builders are.
+blocking, since nothing in the file says otherwise.
 """
 
 from __future__ import annotations
