@@ -37,7 +37,7 @@ from test_suites_offline import (
 
 from harness import parsers
 from harness.app import make_engines, requirement_check
-from harness.engines.base import RunPaths
+from harness.engines.base import ExitKind, RunPaths
 from harness.environments import Environment
 from harness.errors import ConfigError
 from harness.fuchsia import serialtester
@@ -51,6 +51,7 @@ from harness.runner import Runner, RunOptions, spec_params
 from harness.spec import parse_specs
 from harness.suite import Skip
 from harness.suite import TestContext as Context  # not "Test*": pytest would collect it
+from suites import reboot_shutdown as rs
 
 FLOWS = FIXTURES / "zircon" / "flows"
 ENUM = FIXTURES / "zircon" / "enumeration"
@@ -525,3 +526,141 @@ async def test_bootup_line_is_awaited_once_per_boot(
     t = context(z, {"package_url": URL})
     await SerialTester().test(t)
     assert any("not seen within 0.5 s; going on" in n for n in t.notes)
+
+
+# -- Fuchsia's reboot test ----------------------------------------------------------------------
+
+
+def reboot_steps(command: str = "power reboot", *, after: bytes | None = None,
+                 x64: bool = True) -> list[Step]:
+    """The x64 ACPI wait, then the command, answered as reboottest.go expects: the file
+    system's shutdown, platform_halt 1 (reboot) 2 (no crash), and the next boot."""
+    if after is None:
+        after = klog(rs.ZIRCON_FSHOST_DOWN) + halt(1, 2) + boot()
+    return [*(acpi(rs.ZIRCON_REBOOT_ACPI_WAIT) if x64 else []), Step(re.escape(command), after)]
+
+
+async def test_reboot_flow_in_order_on_qemu(zircon_guest: Any) -> None:
+    z = await zircon_guest(zenv(), [Launch(boot(), reboot_steps(), prompt=PROMPT)])
+    h, b = await rs.zircon_reboot(z.guest, timeout=5)
+    assert (h.command, h.action, h.reason) == ("power reboot", "reboot", "no-crash")
+    assert z.engine.sent == [rs.ZIRCON_REBOOT_ACPI_WAIT, "power reboot"]
+    assert b.index == 2 and not b.relaunch
+
+
+async def test_reboot_flow_on_arm64_has_no_acpi_wait(zircon_guest: Any) -> None:
+    z = await zircon_guest(zenv("qemu-arm64"), [Launch(boot(), reboot_steps(x64=False),
+                                                       prompt=PROMPT)])
+    await rs.zircon_reboot(z.guest, timeout=5)
+    assert z.engine.sent == ["power reboot"]
+
+
+async def test_reboot_flow_on_crosvm_relaunches_for_welcome(zircon_guest: Any) -> None:
+    after = klog(rs.ZIRCON_FSHOST_DOWN) + halt(1, 2)
+    launches = [Launch(boot(), [*acpi(rs.ZIRCON_REBOOT_ACPI_WAIT),
+                                Step("power reboot", after, exit=32)], prompt=PROMPT),
+                Launch(boot(), [], prompt=PROMPT)]
+    z = await zircon_guest(zenv("crosvm-x64"), launches)
+    await rs.zircon_reboot(z.guest, timeout=5)
+    assert z.guest.boots[-1].relaunch and z.guest.exits[0].kind == ExitKind.RESET
+
+
+async def test_reboot_suite_test_cycles_and_bootloader_flow(zircon_guest: Any) -> None:
+    second = klog(rs.ZIRCON_FSHOST_DOWN) + halt(2, 2) + boot()
+    z = await zircon_guest(zenv(), [Launch(boot(), [
+        *reboot_steps("power reboot-bootloader", after=second),
+        *reboot_steps("power reboot-bootloader", after=second)], prompt=PROMPT)])
+    t = Context(guest=z.guest, env=z.env, spec=None, folder=z.folder,
+                    params={"reboot_cycles": 2, "reboot_flow": "power_reboot_bootloader"})
+    await rs.test_zircon_reboot(t)
+    assert [(c.name, c.status) for c in t.cases] == [("reboot_1", Status.PASS),
+                                                      ("reboot_2", Status.PASS)]
+    assert t.properties["reboot_2_halt"] == \
+        "reboot-bootloader/no-crash via `power reboot-bootloader`"
+
+
+async def test_reboot_falls_back_to_dm_on_older_images(zircon_guest: Any) -> None:
+    steps = [*acpi(rs.ZIRCON_REBOOT_ACPI_WAIT),
+             Step("power reboot", b"sh: 1: power: not found\r\n$ "),
+             Step("dm reboot", klog(rs.ZIRCON_FSHOST_DOWN) + halt(1, 2) + boot())]
+    z = await zircon_guest(zenv(), [Launch(boot(), steps, prompt=PROMPT)])
+    h, _ = await rs.zircon_reboot(z.guest, timeout=5)
+    assert h.command == "dm reboot"
+
+
+@pytest.mark.parametrize(("launch_boot", "after", "error"), [
+    # A boot line the test waits for before its command never came: nothing is sent.
+    (boot(drop=("initializing platform",)), None, r"boot: no line with 'initializing platform'"),
+    (boot(drop=("fshost started",)), None, r"'console.shell: enabled' and 'fshost started'"),
+    # A clean reboot must say the file system shut down.
+    (boot(), halt(1, 2) + boot(), r"`power reboot`: no 'fshost shutdown complete' line"),
+    # The exact halt: action 1 (reboot), reason 2 (no crash).
+    (boot(), klog(rs.ZIRCON_FSHOST_DOWN) + halt(1, 4) + boot(),
+     r"halted with action reboot reason panic .*'platform_halt suggested_action 1 reason 2'"),
+    # The next boot must say welcome.
+    (boot(), klog(rs.ZIRCON_FSHOST_DOWN) + halt(1, 2) + boot(drop=("welcome to Zircon",)),
+     r"after 'platform_halt suggested_action 1 reason 2': no line with 'welcome to Zircon'"),
+])
+async def test_reboot_flow_fails_on_a_missing_line_or_a_wrong_halt(
+        zircon_guest: Any, launch_boot: bytes, after: bytes | None, error: str) -> None:
+    z = await zircon_guest(zenv(), [Launch(launch_boot, reboot_steps(after=after),
+                                           prompt=PROMPT)])
+    with pytest.raises(AssertionError, match=error):
+        await rs.zircon_reboot(z.guest, timeout=2)
+    if "boot:" in error:
+        assert z.engine.sent == []
+
+
+async def test_acpi_ready_echo_alone_is_not_acpi_ready(zircon_guest: Any) -> None:
+    """The shell's echo of `...; echo ACPI_READY` holds the text too; it does not count."""
+    z = await zircon_guest(zenv(), [Launch(boot(), [
+        *acpi(rs.ZIRCON_REBOOT_ACPI_WAIT, ready=False)], prompt=PROMPT)])
+    with pytest.raises(AssertionError, match="the ACPI driver did not come up"):
+        await rs.zircon_reboot(z.guest, timeout=1)
+    assert z.engine.sent == [rs.ZIRCON_REBOOT_ACPI_WAIT]
+
+
+# -- Fuchsia's shutdown test --------------------------------------------------------------------
+
+
+def shutdown_steps(after: bytes = halt(4, 2), exit: int | None = 0) -> list[Step]:
+    return [*acpi(rs.ZIRCON_SHUTDOWN_ACPI_WAIT), Step("power shutdown", after, exit=exit)]
+
+
+async def test_shutdown_suite_test_passes_on_a_clean_exit(zircon_guest: Any) -> None:
+    z = await zircon_guest(zenv("crosvm-x64"), [Launch(boot(), shutdown_steps(), prompt=PROMPT)])
+    t = Context(guest=z.guest, env=z.env, spec=None, folder=z.folder, params={})
+    await rs.test_zircon_shutdown(t)
+    assert z.engine.sent == [rs.ZIRCON_SHUTDOWN_ACPI_WAIT, "power shutdown"]
+    assert t.properties["halt"] == "shutdown/no-crash via `power shutdown`"
+    assert [(c.name, c.status) for c in t.cases] == [("vmm_stopped", Status.PASS)]
+
+
+async def test_shutdown_without_a_halt_line_is_judged_by_the_exit(zircon_guest: Any) -> None:
+    """Fuchsia's test reads nothing after the command; a VMM gone at once is fine, and the
+    wait for its exit does not sit out the 120 s."""
+    z = await zircon_guest(zenv(), [Launch(boot(), shutdown_steps(after=b""), prompt=PROMPT)])
+    started = time.monotonic()
+    h, info = await rs.zircon_shutdown(z.guest, deadline=30, timeout=5)
+    assert h is None and info.kind == ExitKind.STOP
+    assert time.monotonic() - started < 10
+
+
+async def test_shutdown_failures(zircon_guest: Any) -> None:
+    # /dev never mounted: shutdown_test.go waits for it before the command.
+    z = await zircon_guest(zenv(), [Launch(boot(drop=("mounted '/dev'",)), [], prompt=PROMPT)])
+    missing = re.escape("'console.shell: enabled' and \"mounted '/dev'\"")
+    with pytest.raises(AssertionError, match=missing):
+        await rs.zircon_shutdown(z.guest, deadline=5, timeout=1)
+    assert z.engine.sent == []
+    # The kernel reboots instead.
+    z = await zircon_guest(zenv(), [Launch(boot(), shutdown_steps(after=halt(1, 2), exit=None),
+                                           prompt=PROMPT)])
+    with pytest.raises(AssertionError, match="halted with action reboot"):
+        await rs.zircon_shutdown(z.guest, deadline=5, timeout=5)
+    # crosvm exits with the reset status: not "Success()".
+    z = await zircon_guest(zenv("crosvm-x64"), [Launch(boot(), shutdown_steps(exit=32),
+                                                       prompt=PROMPT)])
+    t = Context(guest=z.guest, env=z.env, spec=None, folder=z.folder, params={})
+    with pytest.raises(AssertionError, match="Failed to shutdown cleanly"):
+        await rs.test_zircon_shutdown(t)
