@@ -21,6 +21,7 @@ from harness.engines.base import Engine, RunPaths
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError, HarnessError
+from harness.fuchsia import serialtester
 from harness.images.model import GuestImage
 from harness.results import RunResult
 from harness.spec import TestSpec, load_specs, parse_specs
@@ -77,6 +78,8 @@ def requirement_check(tests: Mapping[str, SuiteTest],
                     if reason:
                         return reason
             return None
+        if serialtester.handles(spec, env):  # issue 11: Fuchsia's serial tester decides
+            return serialtester.unrunnable(spec)
         if not spec.path:
             return f"no built-in test named {spec.name!r} and no `path` to run in the guest"
         return None

@@ -28,6 +28,7 @@ from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
 from harness.engines.base import Engine
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.fuchsia import serialtester
 from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
 from harness.plan import PlannedRun
@@ -87,6 +88,7 @@ class Runner:
         self.limiter = anyio.CapacityLimiter(max(1, options.jobs))
         self.interrupted: str | None = None
         self.kept: list[Guest] = []  # --keep: failed tests' guests, still running
+        self.serial_tester = serialtester.SerialTester()  # issue 11: Zircon entries over serial
         self.tap_locks: dict[str, anyio.Lock] = {}
         self.started = _now()
         self._t0 = time.monotonic()
@@ -238,6 +240,9 @@ class Runner:
         guest = shared if (shared is not None and shared.running) else None
         keep: Guest | None = None
         timeout = float(run.spec.timeout_secs or (test.timeout_s if test else 300.0))
+        func = test.func if test else _program_test
+        if test is None and serialtester.handles(run.spec, env):  # issue 11: Fuchsia's tester
+            func, timeout = self.serial_tester.test, serialtester.outer_timeout(run.spec)
         try:
             if guest is None:
                 if shared is not None:
@@ -253,7 +258,6 @@ class Runner:
                 (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
             ctx = TestContext(guest=guest, env=env, spec=run.spec, folder=folder,
                               params=spec_params(run.spec))
-            func = test.func if test else _program_test
             try:
                 with anyio.fail_after(timeout):
                     await func(ctx)

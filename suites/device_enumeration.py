@@ -13,7 +13,10 @@ pvpanic, which is on no PCI bus) and DRM connectors. Zircon: `lspci -n` and
 `driver list --loaded`, the same facts through Fuchsia's own tools; its serial port is
 the console the commands ran on (Zircon drives the arm64 PL011 in the kernel, so no
 driver lists it), and QEMU's ISA pvpanic on x86 is invisible to both tools, so it is
-reported missing there rather than assumed.
+reported missing there rather than assumed. Zircon also gets Fuchsia's own
+device-enumeration test: the driver manager's node monikers (`driver list-devices
+--verbose`) against the board's list, one `node.MONIKER` case each (QEMU x64 and arm64
+lists from Fuchsia; the crosvm x64 list is the project's own, from crosvm's device model).
 
 Judgement, one JUnit case per device kind:
 
@@ -292,6 +295,111 @@ def parse_zircon_transcript(text: str) -> Inventory:
     return parse_zircon(sections.get(ZIRCON_LSPCI, ""), sections.get(ZIRCON_DRIVERS, ""))
 
 
+# -- Zircon: Fuchsia's device-enumeration test -------------------------------------------
+#
+# zircon/system/utest/device-enumeration (common.cc, boards/*.cc) asks the driver manager
+# for every node (fuchsia.driver.development/Manager.GetNodeInfo, after WaitForBootup) and
+# requires each moniker of its board's list to be among them, exactly (VerifyNodes: a
+# missing node fails; nodes the list does not name are printed, not failed; a quarantined
+# node "exists but has failed to start successfully" and does not count). The board comes
+# from the board name there; here from the environment, which says what machine it is.
+# `driver list-devices --verbose` (src/devices/bin/driver_tools, list_devices) prints the
+# same GetNodeInfo nodes, with their moniker and whether they are quarantined.
+
+ZIRCON_NODES = "driver list-devices --verbose"
+
+ZIRCON_BOARD_NODES: dict[str, tuple[str, ...]] = {
+    # boards/qemu_x64.cc at 9e8351f5a6bac87d9b82f1f36c21cee4caea34f0 (the i8042 nodes are
+    # commented out there): QEMU's q35 board, "Standard PC (Q35 + ICH9, 2009)".
+    "qemu-x64": ("acpi", "PCI0.bus.00_1f_2.00_1f_2.ahci"),
+    # boards/qemu_arm64.cc at the same commit: QEMU's virt board, "qemu-arm64".
+    "qemu-arm64": ("qemu-bus", "pl031.rtc", "pci.00_00_0_"),
+    # The project's own list, not Fuchsia's (Fuchsia has no crosvm board in this test),
+    # written from crosvm's device model at f1e797a: x86_64/src/lib.rs always builds ACPI
+    # tables (create_acpi_tables), hence the board's "acpi" node as on QEMU; its DSDT names
+    # the PCI root `_SB_.PC00` (setup_acpi_devices) where q35's is PCI0, so QEMU's
+    # "PCI0.bus" ancestor of the AHCI node is "PC00.bus" here; crosvm has no ICH9, so no
+    # AHCI node. Devices under the bus sit at slots that depend on the command line and
+    # are judged by kind (present.*) instead.
+    "crosvm-x64": ("acpi", "PC00", "PC00.bus"),
+}
+_ZIRCON_BOARDS = {("qemu", "x86_64"): "qemu-x64", ("qemu", "arm64"): "qemu-arm64",
+                  ("crosvm", "x86_64"): "crosvm-x64"}
+
+_MONIKER = re.compile(r"^Moniker\s*: (?P<moniker>\S+)\s*$")
+_NODE_DRIVER = re.compile(r"^Driver\s*: .*\(quarantined\)\s*$")
+
+
+def zircon_board(engine: str, arch: str) -> str | None:
+    """The board list an environment's machine is judged by (None: there is none)."""
+    return _ZIRCON_BOARDS.get((engine, arch))
+
+
+@dataclasses.dataclass(frozen=True)
+class ZirconNodes:
+    """The driver manager's nodes: the ones that count, and the quarantined ones."""
+
+    monikers: frozenset[str]
+    quarantined: frozenset[str] = frozenset()
+
+
+def parse_zircon_nodes(text: str) -> ZirconNodes:
+    """`driver list-devices --verbose` output -> its node monikers (kernel lines ignored)."""
+    monikers: set[str] = set()
+    quarantined: set[str] = set()
+    current: str | None = None
+    for raw in text.splitlines():
+        line = _strip_klog(raw)
+        if m := _MONIKER.match(line):
+            current = m["moniker"]
+            monikers.add(current)
+        elif current is not None and _NODE_DRIVER.match(line):
+            quarantined.add(current)
+    return ZirconNodes(frozenset(monikers - quarantined), frozenset(quarantined))
+
+
+def judge_zircon_nodes(nodes: ZirconNodes, required: Iterable[str]
+                       ) -> tuple[list[Verdict], list[str]]:
+    """VerifyNodes: a case per required moniker; the nodes the list does not name."""
+    required = list(required)
+    verdicts = []
+    for moniker in required:
+        if moniker in nodes.monikers:
+            verdicts.append(Verdict("node", moniker, True, "found"))
+        elif moniker in nodes.quarantined:
+            verdicts.append(Verdict("node", moniker, False, f"node '{moniker}' not found: "
+                                    f"{moniker} exists but has failed to start successfully"))
+        else:
+            verdicts.append(Verdict("node", moniker, False, f"node '{moniker}' not found"))
+    return verdicts, sorted(nodes.monikers - set(required))
+
+
+def _verify_zircon_nodes(t: TestContext, output: str, status: int) -> None:
+    """Fuchsia's device-enumeration test on this environment's board list, as cases."""
+    board = zircon_board(t.env.engine, t.env.arch)
+    t.prop("zircon_board", board or "none")
+    if status != 0:
+        t.case("list-devices", False, f"`{ZIRCON_NODES}` exited {status}:\n{output[-2000:]}",
+               suite="node")
+        return
+    nodes = parse_zircon_nodes(output)
+    t.prop("zircon_nodes", len(nodes.monikers))
+    if nodes.quarantined:
+        t.note("nodes that exist but have failed to start successfully: "
+               + ", ".join(sorted(nodes.quarantined)))
+    if board is None:
+        t.note(f"no node list for {t.env.engine} on {t.env.arch}: Fuchsia's test has none "
+               f"for this machine and the harness has written none")
+        return
+    verdicts, unexpected = judge_zircon_nodes(nodes, ZIRCON_BOARD_NODES[board])
+    for v in verdicts:
+        t.case(v.kind, v.ok, v.message, suite=v.group)
+    if unexpected:
+        t.prop("zircon_unexpected_nodes", len(unexpected))
+        t.note(f"Found {len(unexpected)} unexpected node(s) (reported, not failed, as "
+               f"Fuchsia's test does): " + ", ".join(unexpected))
+
+
 _KLOG = re.compile(r"^\[\d+\.\d+\] \d+[.:]\d+> ")
 
 
@@ -350,7 +458,10 @@ async def test_devices(t: TestContext) -> None:
     if t.env.profile == "zircon":
         lspci = await g.run(ZIRCON_LSPCI, timeout=30)
         drivers = await g.run(ZIRCON_DRIVERS, timeout=30)
-        raw = (f"$ {ZIRCON_LSPCI}\n{lspci.output}\n$ {ZIRCON_DRIVERS}\n{drivers.output}\n")
+        nodes = await g.run(ZIRCON_NODES, timeout=60)
+        raw = (f"$ {ZIRCON_LSPCI}\n{lspci.output}\n$ {ZIRCON_DRIVERS}\n{drivers.output}\n"
+               f"$ {ZIRCON_NODES}\n{nodes.output}\n")
+        _verify_zircon_nodes(t, nodes.output, nodes.status)
         assert lspci.status == 0, f"`{ZIRCON_LSPCI}` exited {lspci.status}:\n{lspci.output}"
         if drivers.status != 0:
             t.note(f"`{ZIRCON_DRIVERS}` exited {drivers.status}; only PCI devices are judged")

@@ -7,27 +7,30 @@ Guest launches it again on the same serial log, so a suite only ever asks for
 "the next boot".
 
 The Linux tests run for real on the harness's Debian + busybox guests. The
-Zircon functions (`zircon_power`, `zircon_reboot`, `zircon_shutdown`) follow
-Fuchsia's own reboot and shutdown tests (src/tests/{reboot,shutdown}): they
-cannot boot here (no Zircon image), so their logic is exercised on transcripts
-by tests/test_suites_offline.py.
+Zircon functions (`zircon_reboot`, `zircon_shutdown`) are Fuchsia's own reboot
+and shutdown tests (src/tests/{reboot,shutdown}) step by step: every line they
+wait for, in their order, the ACPI wait on x64, the exact platform_halt. No
+Zircon image boots here, so they are exercised on transcripts built from those
+lines and real captures, by tests/test_zircon_flows.py.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
 import re
 import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.console import ConsoleEOF
+from harness.console import ConsoleEOF, ConsoleTimeout
 from harness.engines.base import ExitInfo, ExitKind
 from harness.errors import HarnessError, Unsupported
-from harness.profiles.zircon import parse_platform_halt
+from harness.profiles.zircon import parse_platform_halt, platform_halt_line
 from harness.suite import Requirements, Skip, TestContext, guest_test
 
 LINUX = Requirements(profiles=("linux",))
@@ -47,9 +50,6 @@ UPTIME_SLACK_S = 1.0
 LINUX_POWEROFF = "poweroff"
 # busybox init's last words before reboot(RB_POWER_OFF); `poweroff -f` never prints them.
 LINUX_ORDERLY_POWEROFF = re.compile(rb"Requesting system poweroff")
-
-_WELCOME_ZIRCON = re.compile(rb"welcome to Zircon")
-_PLATFORM_HALT = re.compile(rb"platform_halt suggested_action \d+ reason \d+")
 
 
 # -- serial log helpers (shared by Linux and Zircon logic) ----------------------------------------
@@ -270,7 +270,156 @@ async def test_crash(t: TestContext) -> None:
     assert usable, "the guest did not come back usable after the panic"
 
 
-# -- Zircon ---------------------------------------------------------------------------------------
+# -- Zircon: Fuchsia's own reboot and shutdown tests -----------------------------------------
+#
+# src/tests/reboot/reboottest/reboottest.go (RebootWithCommand) and
+# src/tests/shutdown/shutdown_test.go, step by step. Both read the emulator's output line
+# by line with tools/emulator's WaitForLogMessage(s): a line is read once, a wait goes on
+# until a line contains its text, and a wait for several texts takes them in any order,
+# one per line. The lines before a command were usually printed during the boot the
+# harness already waited for, so they are read back from the serial log (LogLines).
+
+# reboottest.go, before the command.
+ZIRCON_PLATFORM_INIT = "initializing platform"
+ZIRCON_SHELL_READY = "console.shell: enabled"
+ZIRCON_FSHOST_STARTED = "fshost started"
+# shutdown_test.go, before the command: the shell is ready and /dev is mounted.
+ZIRCON_DEV_MOUNTED = "mounted '/dev'"
+# reboottest.go, after the command of a clean reboot: the file system unmounted.
+ZIRCON_FSHOST_DOWN = "fshost shutdown complete"
+ZIRCON_WELCOME = "welcome to Zircon"
+# On x64 both tests wait for the ACPI driver before a power operation, by this command.
+ZIRCON_ACPI_READY = "ACPI_READY"
+_ACPI_TOPO = "class=acpi topo=/dev/sys/platform/pt/acpi/_SB_/pt"
+ZIRCON_REBOOT_ACPI_WAIT = f"waitfor {_ACPI_TOPO}; echo ACPI_READY"
+ZIRCON_SHUTDOWN_ACPI_WAIT = f"waitfor verbose {_ACPI_TOPO} && echo ACPI_READY"
+ZIRCON_SHUTDOWN_COMMAND = "power shutdown"
+
+_PLATFORM_HALT = re.compile(r"platform_halt suggested_action \d+ reason \d+")
+_LINE_END = re.compile(rb"\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class ZirconRebootFlow:
+    """One of Fuchsia's reboot tests: RebootWithCommand's arguments.
+
+    `clean`: CleanReboot, so the file system must report its shutdown first.
+    `action`, `reason`: the names (HALT_ACTIONS, HALT_REASONS) of the numbers the
+    test expects in `platform_halt suggested_action A reason R`.
+    """
+
+    command: str
+    clean: bool
+    action: str
+    reason: str
+
+
+# src/tests/reboot/power_reboot/power_reboot_test.go (also power_reboot_bringup_test) and
+# power_reboot_bootloader/power_reboot_bootloader_test.go.
+ZIRCON_REBOOT_FLOWS: dict[str, ZirconRebootFlow] = {
+    "power_reboot": ZirconRebootFlow("power reboot", True, "reboot", "no-crash"),
+    "power_reboot_bootloader": ZirconRebootFlow("power reboot-bootloader", True,
+                                                "reboot-bootloader", "no-crash"),
+}
+
+
+class LogLines:
+    """The guest's serial log read line by line from an offset, as tools/emulator reads output.
+
+    Lines already in the log are read from the file; when it has none left,
+    the console is asked for the next line (with its crash watch, so a panic
+    ends the wait at once). The console's log is written as it reads, so the
+    file always holds at least what the console has seen.
+    """
+
+    def __init__(self, guest: Any, offset: int = 0) -> None:
+        self.guest = guest
+        self.offset = offset
+        self._partial = b""
+        self._lines: collections.deque[str] = collections.deque()
+
+    def _fill(self) -> None:
+        data = self._partial + log_since(self.guest, self.offset)
+        self.offset += len(data) - len(self._partial)
+        *lines, self._partial = data.split(b"\n")
+        self._lines.extend(ln.decode("utf-8", errors="replace").rstrip("\r") for ln in lines)
+
+    async def next_line(self, deadline: float, what: str) -> str:
+        """The next whole line; ConsoleTimeout at `deadline`, ConsoleEOF once the VMM is gone."""
+        while True:
+            if not self._lines:
+                self._fill()
+            if self._lines:
+                return self._lines.popleft()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ConsoleTimeout(f"no {what} in time", self.guest.log.tail())
+            try:
+                await self.guest.console.expect([_LINE_END], remaining, what=what)
+            except ConsoleEOF:
+                # pexpect reports an EOF once: remember it, so that the Guest's next wait
+                # (a relaunch, an exit) learns at once that the VMM is gone.
+                self.guest.console.eof_seen = True
+                self._fill()
+                if not self._lines:
+                    raise
+
+    async def wait_for(self, messages: Sequence[str], timeout: float) -> list[str]:
+        """WaitForLogMessages: a line containing each message, in any order, one per line."""
+        pending = list(messages)
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while pending:
+            what = " and ".join(repr(m) for m in pending)
+            line = await self.next_line(deadline, what)
+            for i, message in enumerate(pending):
+                if message in line:
+                    del pending[i]
+                    seen.append(line)
+                    break
+        return seen
+
+    async def wait_for_pattern(self, patterns: Sequence[re.Pattern[str]], timeout: float,
+                               what: str) -> tuple[int, str]:
+        """The first line one of `patterns` matches: (which pattern, the line)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await self.next_line(deadline, what)
+            for i, pattern in enumerate(patterns):
+                if pattern.search(line):
+                    return i, line
+
+
+async def _wait_step(lines: LogLines, messages: Sequence[str], timeout: float, step: str
+                     ) -> list[str]:
+    """One WaitForLogMessages; a line that never comes fails the flow, naming the step."""
+    try:
+        return await lines.wait_for(messages, timeout)
+    except ConsoleTimeout:
+        raise AssertionError(f"{step}: no line with " + " and ".join(repr(m) for m in messages)
+                             + f" within {timeout:g} s") from None
+    except ConsoleEOF:
+        raise AssertionError(f"{step}: the VMM exited before a line with "
+                             + " and ".join(repr(m) for m in messages)) from None
+
+
+async def zircon_acpi_ready(guest: Any, lines: LogLines, command: str, timeout: float) -> None:
+    """x64: run the test's `waitfor ... echo ACPI_READY` and wait for its ACPI_READY.
+
+    Fuchsia's tests wait for any line containing ACPI_READY, which the shell's
+    echo of the command line itself contains; here the line must be the echo
+    command's output, so that the wait means the ACPI driver is up.
+    """
+    guest.console.sendline(command)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = await lines.next_line(deadline, repr(ZIRCON_ACPI_READY))
+        except (ConsoleTimeout, ConsoleEOF):
+            raise AssertionError(f"the ACPI driver did not come up: no {ZIRCON_ACPI_READY} "
+                                 f"after `{command}` within {timeout:g} s") from None
+        if ZIRCON_ACPI_READY in line and f"echo {ZIRCON_ACPI_READY}" not in line:
+            return
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,92 +432,136 @@ class ZirconHalt:
     line: str
 
 
-def _not_found(word: str) -> re.Pattern[bytes]:
+def _not_found(word: str) -> re.Pattern[str]:
     """The shell's complaint about an unknown command (dash: `sh: 1: power: not found`)."""
-    w = re.escape(word.encode())
-    return re.compile(rb"\b" + w + rb": (?:command )?not found|command not found: " + w)
+    w = re.escape(word)
+    return re.compile(r"\b" + w + r": (?:command )?not found|command not found: " + w)
 
 
-async def zircon_power(guest: Any, verb: str, timeout: float = 30.0) -> ZirconHalt | None:
-    """Send `power VERB`, or `dm VERB` on images that predate `power`; wait for platform_halt.
+async def zircon_command(guest: Any, lines: LogLines, command: str, first: re.Pattern[str],
+                         what: str, timeout: float) -> tuple[str, str]:
+    """Send a power command and wait for the first line it must lead to (`what` names it).
 
-    Returns None when the VMM closed the console before the kernel said
-    anything (a shutdown can be that quick); the caller then judges by the
-    VMM's exit alone.
+    Images that predate `power` (its shell says `power: not found`) get the
+    same verb from `dm`, their older tool. Returns the command the shell took
+    and the line.
     """
-    profile = guest.profile
-    commands = {
-        "reboot": (profile.reboot_command, profile.alt_reboot_command),
-        "shutdown": (profile.shutdown_command, profile.alt_shutdown_command),
-    }[verb]
-    tried = []
-    for command in (c for c in commands if c):
-        tried.append(command)
-        missing = _not_found(command.split()[0])
-        guest.console.sendline(command)
+    commands = [command]
+    if command.startswith("power "):
+        commands.append("dm " + command.removeprefix("power "))
+    for sent in commands:
+        guest.console.sendline(sent)
+        missing = _not_found(sent.split()[0])
         try:
-            m = await guest.console.expect([_PLATFORM_HALT, missing], timeout,
-                                           what=f"platform_halt after `{command}`")
+            index, line = await lines.wait_for_pattern([first, missing], timeout,
+                                                       f"{what} after `{sent}`")
+        except ConsoleTimeout:
+            raise AssertionError(f"`{sent}`: no {what} line within {timeout:g} s") from None
         except ConsoleEOF:
-            return None
-        if m.re is missing:
-            continue
-        line = m.group(0).decode()
-        action, reason = parse_platform_halt(line) or ("?", "?")
-        return ZirconHalt(command, action, reason, line)
-    raise AssertionError(f"the shell knows none of {', '.join(repr(c) for c in tried)}")
+            raise AssertionError(f"`{sent}`: the VMM exited before a {what} line") from None
+        if index == 0:
+            return sent, line
+    raise AssertionError(f"the shell knows none of {', '.join(repr(c) for c in commands)}")
 
 
-async def zircon_reboot(guest: Any, timeout: float | None = None) -> tuple[ZirconHalt, Any]:
-    """Fuchsia's reboot test: `power reboot`, platform_halt (reboot), `welcome to Zircon`, shell.
+def _halt(command: str, line: str) -> ZirconHalt:
+    action, reason = parse_platform_halt(line) or ("?", "?")
+    return ZirconHalt(command, action, reason, line.strip())
 
-    Returns the halt and the new Boot; Guest.wait_reset relaunches crosvm if it exited.
+
+async def zircon_reboot(guest: Any, flow: ZirconRebootFlow = ZIRCON_REBOOT_FLOWS["power_reboot"],
+                        *, lines: LogLines | None = None, timeout: float | None = None
+                        ) -> tuple[ZirconHalt, Any]:
+    """RebootWithCommand: every line it waits for, in its order; the new Boot.
+
+    initializing platform; console.shell: enabled and fshost started; (x64) the
+    ACPI wait; the command; (clean) fshost shutdown complete; the exact
+    platform_halt line; welcome to Zircon. Guest.wait_reset brings the next
+    boot up (crosvm exits on the reset and is launched again).
     """
-    offset = log_offset(guest)  # before the command: the console may read ahead of a match
-    halt = await zircon_power(guest, "reboot")
-    assert halt is not None, "the VMM exited after `power reboot` without a platform_halt line"
-    assert halt.action == "reboot", (
-        f"`{halt.command}` halted with action {halt.action}: {halt.line}")
+    step = timeout or guest.env.boot_timeout_s
+    lines = lines if lines is not None else LogLines(guest)
+    await _wait_step(lines, [ZIRCON_PLATFORM_INIT], step, "boot")
+    await _wait_step(lines, [ZIRCON_SHELL_READY, ZIRCON_FSHOST_STARTED], step, "boot")
+    if guest.env.arch == "x86_64":
+        await zircon_acpi_ready(guest, lines, ZIRCON_REBOOT_ACPI_WAIT, step)
+    if flow.clean:
+        first, what = re.compile(re.escape(ZIRCON_FSHOST_DOWN)), repr(ZIRCON_FSHOST_DOWN)
+    else:
+        first, what = _PLATFORM_HALT, "platform_halt"
+    command, line = await zircon_command(guest, lines, flow.command, first, what, step)
+    if flow.clean:  # the file system was told and unmounted; now the halt
+        try:
+            _, line = await lines.wait_for_pattern([_PLATFORM_HALT], step, "platform_halt")
+        except (ConsoleTimeout, ConsoleEOF) as e:
+            raise AssertionError(f"`{command}`: no platform_halt line after "
+                                 f"'{ZIRCON_FSHOST_DOWN}' ({e})") from None
+    halt = _halt(command, line)
+    expected = platform_halt_line(flow.action, flow.reason)
+    assert expected in line, (
+        f"`{command}` halted with action {halt.action} reason {halt.reason} "
+        f"({halt.line}); Fuchsia's test waits for '{expected}'")
     boot = await guest.wait_reset(timeout)
-    text = log_since(guest, offset)
-    halted = _PLATFORM_HALT.search(text)
-    assert halted and _WELCOME_ZIRCON.search(text, halted.end()), (
-        "the guest reached its shell again without printing 'welcome to Zircon' after "
-        "platform_halt")
+    await _wait_step(lines, [ZIRCON_WELCOME], step, f"after '{expected}'")
     return halt, boot
 
 
-async def zircon_shutdown(guest: Any, deadline: float = SHUTDOWN_DEADLINE_S
+async def zircon_shutdown(guest: Any, deadline: float = SHUTDOWN_DEADLINE_S, *,
+                          lines: LogLines | None = None, timeout: float | None = None
                           ) -> tuple[ZirconHalt | None, ExitInfo]:
-    """Fuchsia's shutdown test: `power shutdown`, then the VMM exits with success within 120 s."""
-    halt = await zircon_power(guest, "shutdown")
-    if halt is not None:
+    """shutdown_test.go: console.shell: enabled and mounted '/dev'; (x64) the ACPI wait;
+    `power shutdown`; the VMM exits within 120 s, with success (checked by the caller).
+
+    Fuchsia's test reads nothing after the command (the emulator may be gone);
+    a platform_halt line the kernel prints is reported, and one that does not
+    shut down or halt fails at once instead of after the 120 s.
+    """
+    step = timeout or guest.env.boot_timeout_s
+    lines = lines if lines is not None else LogLines(guest)
+    await _wait_step(lines, [ZIRCON_SHELL_READY, ZIRCON_DEV_MOUNTED], step, "boot")
+    if guest.env.arch == "x86_64":
+        await zircon_acpi_ready(guest, lines, ZIRCON_SHUTDOWN_ACPI_WAIT, step)
+    halt: ZirconHalt | None = None
+    try:
+        command, line = await zircon_command(guest, lines, ZIRCON_SHUTDOWN_COMMAND,
+                                             _PLATFORM_HALT, "platform_halt", deadline)
+    except AssertionError:
+        if not guest.console.eof_seen:
+            raise
+        # The VMM went away before the kernel said anything: its exit status decides.
+    else:
+        halt = _halt(command, line)
         assert halt.action in ("shutdown", "halt"), (
-            f"`{halt.command}` halted with action {halt.action}: {halt.line}")
+            f"`{command}` halted with action {halt.action}: {halt.line}")
     info: ExitInfo = await guest.wait_exit(deadline)
     return halt, info
 
 
 @guest_test(requires=ZIRCON, timeout_s=300)
 async def test_zircon_reboot(t: TestContext) -> None:
-    """Zircon: `power reboot` (or `dm reboot`), platform_halt, `welcome to Zircon`, N cycles."""
+    """Zircon: Fuchsia's reboot test (`reboot_flow`, default power_reboot), N cycles."""
     g = t.guest
     cycles = int(t.params.get("reboot_cycles", 2))
+    name = str(t.params.get("reboot_flow", "power_reboot"))
+    flow = ZIRCON_REBOOT_FLOWS.get(name)
+    assert flow is not None, (f"test parameter reboot_flow={name!r}: known flows are "
+                              f"{', '.join(ZIRCON_REBOOT_FLOWS)}")
+    lines = LogLines(g)
     for cycle in range(1, cycles + 1):
-        name = f"reboot_{cycle}"
+        case = f"reboot_{cycle}"
         try:
-            halt, boot = await zircon_reboot(g)
+            halt, boot = await zircon_reboot(g, flow, lines=lines)
         except (AssertionError, HarnessError) as e:
-            t.case(name, False, str(e))
+            t.case(case, False, str(e))
             raise
         t.prop(f"boot_{boot.index}_s", f"{boot.ready_s:.3f}")
-        t.prop(f"{name}_halt", f"{halt.action}/{halt.reason} via `{halt.command}`")
-        t.case(name, True, duration_s=boot.ready_s)
+        t.prop(f"{case}_halt", f"{halt.action}/{halt.reason} via `{halt.command}`")
+        t.case(case, True, duration_s=boot.ready_s)
 
 
 @guest_test(requires=ZIRCON, timeout_s=SHUTDOWN_DEADLINE_S + 60)
 async def test_zircon_shutdown(t: TestContext) -> None:
-    """Zircon: `power shutdown` (or `dm shutdown`); the VMM exits with success within 120 s."""
+    """Zircon: Fuchsia's shutdown test; the VMM exits with success within 120 s."""
     asked = time.monotonic()
     halt, info = await zircon_shutdown(t.guest, _param_float(t, "shutdown_deadline_s",
                                                               SHUTDOWN_DEADLINE_S))
@@ -377,4 +570,5 @@ async def test_zircon_shutdown(t: TestContext) -> None:
     if halt is not None:
         t.prop("halt", f"{halt.action}/{halt.reason} via `{halt.command}`")
     _stop_case(t, info, took)
-    assert info.kind == ExitKind.STOP, f"the VMM exit was {info.kind}: {info.explanation}"
+    assert info.kind == ExitKind.STOP, (f"Failed to shutdown cleanly: the VMM exit was "
+                                        f"{info.kind}: {info.explanation}")

@@ -254,11 +254,6 @@ def zircon_boot(t: float = 0.0) -> bytes:
             b"[%09.3f] 01029:01045> console.shell: enabled\r\n$ " % (t, t + 1.5))
 
 
-def halt_line(action: int, reason: int, t: float = 12.0) -> bytes:
-    return b"[%09.3f] 00000:01044> platform_halt suggested_action %d reason %d\r\n" % (
-        t, action, reason)
-
-
 def fixture(name: str) -> bytes:
     path = FIXTURES / name
     data = path.read_bytes()
@@ -367,70 +362,13 @@ async def test_power_button_is_skipped_without_the_capability(rig: Any) -> None:
         await reboot_shutdown.test_power_button(r.context())
 
 
-# -- Zircon reboot and shutdown ------------------------------------------------------------------
+# -- Zircon core tests ---------------------------------------------------------------------------
+# (Fuchsia's reboot and shutdown flows, on this transcript VMM, are in tests/test_zircon_flows.py.)
 
 
 def zircon_env(engine: str = "qemu") -> Environment:
     return environment("crosvm-x64" if engine == "crosvm" else "qemu-x64", profile="zircon")
 
-
-async def test_zircon_reboot_in_place(rig: Any) -> None:
-    """QEMU: the reset happens inside the same process; the new boot follows on the console."""
-    reply = halt_line(1, 2) + zircon_boot(0.0)
-    r = await rig(zircon_env(), [Launch(zircon_boot(), [Step("power reboot", reply)],
-                                        prompt=ZIRCON_PROMPT)])
-    halt, boot = await reboot_shutdown.zircon_reboot(r.guest, timeout=5)
-    assert (halt.command, halt.action, halt.reason) == ("power reboot", "reboot", "no-crash")
-    assert boot.index == 2 and not boot.relaunch
-    assert r.engine.sent == ["power reboot"]
-
-
-async def test_zircon_reboot_on_crosvm_relaunches(rig: Any) -> None:
-    """crosvm: platform_halt, exit 32, and `welcome to Zircon` comes from the next launch."""
-    launches = [Launch(zircon_boot(), [Step("power reboot", halt_line(1, 2), exit=32)],
-                       prompt=ZIRCON_PROMPT),
-                Launch(zircon_boot(), [], prompt=ZIRCON_PROMPT)]
-    r = await rig(zircon_env("crosvm"), launches)
-    halt, _ = await reboot_shutdown.zircon_reboot(r.guest, timeout=5)
-    assert halt.action == "reboot"
-    assert r.guest.boots[-1].relaunch and r.guest.exits[0].kind == ExitKind.RESET
-
-
-async def test_zircon_reboot_falls_back_to_dm(rig: Any) -> None:
-    steps = [Step("power reboot", b"sh: 1: power: not found\r\n$ "),
-             Step("dm reboot", halt_line(1, 2) + zircon_boot())]
-    r = await rig(zircon_env(), [Launch(zircon_boot(), steps, prompt=ZIRCON_PROMPT)])
-    halt, _ = await reboot_shutdown.zircon_reboot(r.guest, timeout=5)
-    assert halt.command == "dm reboot"
-    assert r.engine.sent == ["power reboot", "dm reboot"]
-
-
-async def test_zircon_reboot_without_welcome_fails(rig: Any) -> None:
-    no_banner = halt_line(1, 2) + b"[00001.500] 01029:01045> console.shell: enabled\r\n$ "
-    r = await rig(zircon_env(), [Launch(zircon_boot(), [Step("power reboot", no_banner)],
-                                        prompt=ZIRCON_PROMPT)])
-    with pytest.raises(AssertionError, match="welcome to Zircon"):
-        await reboot_shutdown.zircon_reboot(r.guest, timeout=5)
-
-
-async def test_zircon_shutdown_stops_the_vmm(rig: Any) -> None:
-    r = await rig(zircon_env("crosvm"),
-                  [Launch(zircon_boot(), [Step("power shutdown", halt_line(4, 2), exit=0)],
-                          prompt=ZIRCON_PROMPT)])
-    halt, info = await reboot_shutdown.zircon_shutdown(r.guest, deadline=5)
-    assert halt is not None and (halt.action, halt.reason) == ("shutdown", "no-crash")
-    assert info.kind == ExitKind.STOP
-
-
-async def test_zircon_shutdown_that_reboots_fails(rig: Any) -> None:
-    r = await rig(zircon_env(),
-                  [Launch(zircon_boot(), [Step("power shutdown", halt_line(1, 2))],
-                          prompt=ZIRCON_PROMPT)])
-    with pytest.raises(AssertionError, match="action reboot"):
-        await reboot_shutdown.zircon_shutdown(r.guest, deadline=5)
-
-
-# -- Zircon core tests ---------------------------------------------------------------------------
 
 
 def triples(cases: list[Any]) -> list[tuple[str, str, Status]]:

@@ -292,7 +292,7 @@ async def test_devices_suite_on_zircon(tmp_path: Path) -> None:
     g = FakeGuest(zircon_env("qemu-x64"), lambda cmd: sections[cmd])
     t = ctx(g, tmp_path)
     await de.test_devices(t)
-    assert g.commands == ["lspci -n", "driver list --loaded"]
+    assert g.commands == ["lspci -n", "driver list --loaded", "driver list-devices --verbose"]
     assert failed(t) == {"present.pvpanic"}
     saved = de.parse_zircon_transcript((tmp_path / "enumeration.txt").read_text())
     assert saved.kinds() == FULL - {"pvpanic"}

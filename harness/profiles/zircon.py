@@ -34,6 +34,31 @@ _PLATFORM_HALT = re.compile(r"platform_halt suggested_action (\d+) reason (\d+)"
 # A kernel log line's prefix: `[00012.345] 01234:01235> ` (older dumps: `01234.01235`).
 KLOG_PREFIX = re.compile(r"^\[\d+\.\d+\] \d+[.:]\d+> ", re.MULTILINE)
 
+# What Fuchsia's serial tester (tools/testing/testrunner/tester.go, FuchsiaSerialTester)
+# reads on the console. NewFuchsiaSerialTester waits up to 30 s for the driver manager's
+# bootup line before the first test, and goes on without it (the line may have passed).
+BOOTUP_COMPLETED = "[driver_manager.cm] INFO: Bootup completed"
+BOOTUP_WAIT_S = 30.0
+# runtests (tools/testing/runtests: StartedSignature, SuccessSignature, FailureSignature),
+# each followed by the test's name.
+RUNTESTS_STARTED = "RUNNING TEST: "
+RUNTESTS_PASSED = "[runtests][PASSED] "
+RUNTESTS_FAILED = "[runtests][FAILED] "
+# run-test-suite: `Running test 'URL'` when it starts, `URL completed with result: R` at
+# the end, R one of these (tester.go lists all eight).
+RUN_TEST_SUITE_RESULTS = ("PASSED", "FAILED", "INCONCLUSIVE", "TIMED_OUT", "ERROR", "SKIPPED",
+                          "CANCELLED", "DID_NOT_FINISH")
+
+
+def run_test_suite_started(url: str) -> str:
+    """The line run-test-suite prints as it starts `url`, as tester.go waits for it."""
+    return f"Running test '{url}'"
+
+
+def run_test_suite_completed(url: str, result: str) -> str:
+    """run-test-suite's last line for `url`; tester.go maps `result` to the test's status."""
+    return f"{url} completed with result: {result}"
+
 
 def _sig(name: str, regex: bytes, *, fatal: bool = True, precursor: bool = False,
          boot_banner: bool = False, unless: bytes | None = None,
@@ -94,6 +119,18 @@ def parse_platform_halt(line: str) -> tuple[str, str] | None:
         HALT_ACTIONS[action] if action < len(HALT_ACTIONS) else f"action-{action}",
         HALT_REASONS[reason] if reason < len(HALT_REASONS) else f"reason-{reason}",
     )
+
+
+def platform_halt_line(action: str, reason: str) -> str:
+    """The exact text Fuchsia's reboot test waits for, from names in HALT_ACTIONS/HALT_REASONS.
+
+    src/tests/reboot/reboottest/reboottest.go formats
+    `platform_halt suggested_action %d reason %d` with the numbers of
+    zircon/kernel/include/platform.h and zircon/boot/crash-reason.h (the same
+    order as the two tables above).
+    """
+    return (f"platform_halt suggested_action {HALT_ACTIONS.index(action)} "
+            f"reason {HALT_REASONS.index(reason)}")
 
 
 def strip_klog_prefix(text: str) -> str:

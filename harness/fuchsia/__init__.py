@@ -1,0 +1,1 @@
+"""What Fuchsia's infrastructure does, one module per tool it mirrors."""
