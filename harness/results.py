@@ -39,6 +39,7 @@ class Case:
     duration_s: float = 0.0
     message: str = ""
     format: str = ""
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Case:
             "duration_s": round(self.duration_s, 6),
             "message": self.message,
             "format": self.format,
+            "tags": dict(self.tags),
         }
 
     @classmethod
@@ -59,6 +61,7 @@ class Case:
             duration_s=float(d.get("duration_s", 0.0)),
             message=d.get("message", ""),
             format=d.get("format", ""),
+            tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
         )
 
 
@@ -125,6 +128,7 @@ class TestResult:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     repro: str = ""
     folder: str = ""
+    testing_failure_mode: bool = False
 
     @property
     def final(self) -> Attempt:
@@ -169,6 +173,7 @@ class TestResult:
             "tags": dict(self.tags),
             "repro": self.repro,
             "folder": self.folder,
+            "testing_failure_mode": self.testing_failure_mode,
             "attempts": [a.to_json() for a in self.attempts],
         }
 
@@ -187,6 +192,7 @@ class TestResult:
             tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
             repro=d.get("repro", ""),
             folder=d.get("folder", ""),
+            testing_failure_mode=bool(d.get("testing_failure_mode", False)),
             attempts=[Attempt.from_json(a) for a in d.get("attempts", [])],
         )
 
