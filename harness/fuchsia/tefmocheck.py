@@ -102,6 +102,8 @@ class TestLog:
 class TestingOutputs:
     """What one task left behind (tefmocheck's TestingOutputs)."""
 
+    __test__ = False
+
     test_summary: list[TestDetails] | None = None
     task_state: str = "COMPLETED"  # the Swarming task state
     task_failed: bool = False
