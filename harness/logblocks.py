@@ -27,6 +27,7 @@ from collections.abc import Iterable
 # to the latest before this horizon. The console never asks about an offset further back
 # than its search window (one read of at most 64 KiB plus its look-back).
 HORIZON = 1 << 20
+ANCHOR = 6  # bytes of a marker's start that group it with others
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,15 @@ def excusing_block(data: bytes, index: int, blocks: Iterable[LogBlock]) -> LogBl
     return None
 
 
+def _common_prefix(items: list[bytes]) -> bytes:
+    """The longest prefix every one of `items` starts with."""
+    first, last = min(items), max(items)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
 class BlockTracker:
     """Where each except-block marker occurred in a stream fed a read at a time.
 
@@ -64,6 +74,16 @@ class BlockTracker:
         self._keep = max((len(m) for m in self.markers), default=1) - 1
         self._tail = b""
         self._seen: dict[bytes, list[int]] = {m: [] for m in self.markers}
+        # Markers grouped by their first bytes: one substring search per group rather than
+        # per marker (Fuchsia's blocks share prefixes: "RUN   Test", "[ RUN      ] Zx", ...).
+        # This keeps the tracker as fast as the crash watch it serves.
+        size = min((len(m) for m in self.markers), default=1)
+        size = min(size, ANCHOR)
+        grouped: dict[bytes, list[bytes]] = {}
+        for m in self.markers:
+            grouped.setdefault(m[:size], []).append(m)
+        # Each group searched for its longest common prefix: a longer needle skips further.
+        self._groups = {_common_prefix(ms): ms for ms in grouped.values()}
 
     def feed(self, data: bytes) -> None:
         if not self.markers or not data:
@@ -72,12 +92,13 @@ class BlockTracker:
         window = self._tail + data
         base = self.total - len(self._tail)  # absolute offset of window[0]
         fresh = len(self._tail)  # a match must end past here, or it was recorded already
-        for marker in self.markers:
-            at = window.find(marker)
+        for anchor, markers in self._groups.items():
+            at = window.find(anchor)
             while at >= 0:
-                if at + len(marker) > fresh:
-                    self._record(marker, base + at)
-                at = window.find(marker, at + 1)
+                for marker in markers:
+                    if at + len(marker) > fresh and window.startswith(marker, at):
+                        self._record(marker, base + at)
+                at = window.find(anchor, at + 1)
         self.total += len(data)
         self._tail = window[-self._keep:] if self._keep else b""
 
