@@ -40,12 +40,13 @@ class LogBlock:
 
 def excusing_block(data: bytes, index: int, blocks: Iterable[LogBlock]) -> LogBlock | None:
     """The block that excuses the occurrence at `index` of `data`, or None if none does."""
-    before = data[:index]
     for block in blocks:
-        start = before.rfind(block.start)
+        # rfind's end bound: only markers that end before `index` (Go's LastIndex on
+        # data[:index]), without copying that prefix for every occurrence.
+        start = data.rfind(block.start, 0, index)
         if start < 0:
             continue
-        if before.rfind(block.end) < start:
+        if data.rfind(block.end, 0, index) < start:
             return block
     return None
 
