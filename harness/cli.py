@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     parse.add_argument("--format", dest="fmt", help="output format (default: detect)")
     parse.add_argument("--booted", action="store_true",
                        help="the log starts after boot: a boot banner in it means a reset")
+    parse.add_argument("--host-log", metavar="FILE",
+                       help="the VMM's stderr of the same run (vmm-stderr.log), for the crash scan")
+    parse.add_argument("--syslog", metavar="FILE", help="a Fuchsia syslog, for the crash scan")
+    parse.add_argument("--outcome", choices=("pass", "fail"),
+                       help="whether the test passed, for the crash scan's checks that depend "
+                            "on it (default: failed if a case failed or a fatal crash is found)")
     parse.add_argument("log", help="serial log file")
 
     attach = sub.add_parser("attach", help="attach to a guest kept by `run --keep`")
@@ -158,13 +164,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "parse":
         from harness.parse_log import parse_log
 
-        path = Path(args.log)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
+        def read(name: str | None) -> bytes | None:
+            if name is None:
+                return None
+            path = Path(name)
+            try:
+                return path.read_bytes()
+            except OSError as e:
+                raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
+
+        data = read(args.log) or b""
         print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt,
-                                    booted=args.booted), indent=1))
+                                    booted=args.booted, host_log=read(args.host_log),
+                                    syslog=read(args.syslog), outcome=args.outcome), indent=1))
         return EXIT_OK
     if args.command == "attach":
         import anyio

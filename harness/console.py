@@ -34,6 +34,7 @@ from pexpect._async import expect_async
 from pexpect.expect import Expecter, searcher_re
 
 from harness.errors import HarnessError
+from harness.logblocks import BlockTracker
 from harness.profiles import Crash, Profile
 
 # The longest text a console pattern matches, unless the caller says more: boot marker
@@ -183,6 +184,25 @@ class SerialLog:
         self._file.close()
 
 
+class _LogTee:
+    """What pexpect logs each read to: the serial log, and the except-block tracker.
+
+    pexpect logs a read before it searches it, so the tracker has seen every
+    byte of the buffer the crash watch is then asked about.
+    """
+
+    def __init__(self, log: SerialLog, blocks: BlockTracker) -> None:
+        self.log = log
+        self.blocks = blocks
+
+    def write(self, data: bytes) -> int:
+        self.blocks.feed(data)
+        return self.log.write(data)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
 def clean_output(data: bytes) -> str:
     """Command output as text: escape sequences dropped, CR/LF normalised, bad bytes replaced."""
     data = _ANSI.sub(b"", data)
@@ -205,7 +225,11 @@ class Console:
         self.log = log
         self.profile = profile
         self._spawn: _Spawn | None = None
-        self._crash_watch = profile.crash_watch()
+        # Markers of the blocks where a crash string is expected (a death test's assert):
+        # tracked across VMM launches, as Fuchsia's scan reads one serial log.
+        markers = profile.except_markers()
+        self._blocks = BlockTracker(markers) if markers else None
+        self._crash_watch = profile.crash_watch(self._blocks)
         self.crash_allowed = False
         self.eof_seen = False
 
@@ -213,7 +237,8 @@ class Console:
         self.detach()
         self.eof_seen = False
         self._spawn = _Spawn(master_fd, maxread=MAX_READ)
-        self._spawn.logfile_read = self.log
+        self._spawn.logfile_read = (self.log if self._blocks is None
+                                    else _LogTee(self.log, self._blocks))
         self._spawn.delaybeforesend = None
 
     def detach(self) -> None:
@@ -278,11 +303,17 @@ class Console:
 
     async def _raise_crash(self, spawn: _Spawn, _elapsed: float) -> None:
         start = max(0, len(spawn.before) - 4096)
-        crash = await self._finish_crash(spawn, bytes(spawn.before[start:]) + bytes(spawn.after))
+        head = bytes(spawn.before[start:])
+        crash = await self._finish_crash(spawn, head + bytes(spawn.after), len(head))
         raise GuestCrashed(crash, self.log.tail())
 
-    async def _finish_crash(self, spawn: _Spawn, data: bytes) -> Crash:
-        """Read up to half a second more (the backtrace); the crash found in all of it."""
+    async def _finish_crash(self, spawn: _Spawn, data: bytes, at: int) -> Crash:
+        """Read up to half a second more (the backtrace); the crash found in all of it.
+
+        The scan starts at `at`, where the watch matched: what comes before it
+        was already searched, and may hold a crash string the watch excused
+        (inside its except-block) that a scan of this excerpt alone could not.
+        """
         with contextlib.suppress(Exception):
             index = await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
             data += spawn.before if isinstance(spawn.before, bytes) else b""
@@ -290,7 +321,7 @@ class Console:
                 # The VMM exited meanwhile (crosvm does on a pvpanic panic). pexpect reports
                 # an EOF only once: remember it, so the next wait says so at once.
                 self.eof_seen = True
-        crash = self.profile.find_crash(data)
+        crash = self.profile.find_crash(data, start=at)
         if crash is None:  # the watch regex matched but the profile's finer scan did not
             crash = Crash(signature="crash", excerpt=clean_output(data[-4096:]), offset=0)
         return crash
@@ -305,7 +336,8 @@ class Console:
         spawn = self._spawn
         assert spawn is not None
         start = max(0, len(self.before) - 4096)
-        return await self._finish_crash(spawn, bytes(self.before[start:]) + bytes(spawn.after))
+        head = bytes(self.before[start:])
+        return await self._finish_crash(spawn, head + bytes(spawn.after), len(head))
 
     async def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run `command` in the guest shell and return its exit status and output.

@@ -17,6 +17,7 @@ import anyio
 
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.fuchsia.tefmocheck import vmm_failure
 from harness.profiles.base import clean_text
 
 if TYPE_CHECKING:
@@ -79,10 +80,9 @@ async def watch_vmm_stderr(guest: Guest, scope: anyio.CancelScope,
             data = guest.paths.stderr_log.read_bytes()
         except OSError:
             continue
-        crash = guest.profile.find_crash(data)
-        if crash is not None:
-            end = data.find(b"\n", crash.offset)
-            line = clean_text(data[crash.offset:end if end >= 0 else len(data)]).strip()
+        failure = vmm_failure(data)
+        if failure is not None:
+            line = clean_text(failure[1].encode()).strip()
             verdict.append((False, f"probe boot under KVM failed: the VMM said {line!r}"))
             scope.cancel()
             return

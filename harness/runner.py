@@ -29,6 +29,7 @@ from harness.engines.base import Engine
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.fuchsia import serialtester
+from harness.fuchsia.tefmocheck import synthetic_results
 from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
 from harness.plan import PlannedRun
@@ -84,6 +85,9 @@ class Runner:
         self.image_for = image_for
         self.on_result = on_result
         self.results: dict[str, TestResult] = {}
+        # The crash scan's synthetic tests (tefmocheck), by the key of the test whose logs
+        # they come from; reported right after it.
+        self.synthetic: dict[str, list[TestResult]] = {}
         self.envs: dict[str, _EnvState] = {}
         self.limiter = anyio.CapacityLimiter(max(1, options.jobs))
         self.interrupted: str | None = None
@@ -117,8 +121,12 @@ class Runner:
         return result
 
     def snapshot(self) -> RunResult:
+        results: list[TestResult] = []
+        for r in self.runs:
+            results.append(self.results[r.key])
+            results.extend(self.synthetic.get(r.key, ()))
         return RunResult(
-            results=[self.results[r.key] for r in self.runs],
+            results=results,
             out_dir=self.opt.out_dir,
             interrupted=self.interrupted is not None,
             started=self.started,
@@ -201,7 +209,11 @@ class Runner:
             if n < self.opt.retries:
                 self._say(f"        retrying {run.key} (attempt {n + 2} of "
                           f"{self.opt.retries + 1})")
-        self._finished(result)
+        # Fuchsia's crash scan over the finished test's logs (which can be large: off the
+        # event loop): what it finds becomes synthetic tests next to this one.
+        found = await anyio.to_thread.run_sync(
+            synthetic_results, result, self.opt.out_dir, run.environment.profile)
+        self._finished(result, found)
         return shared
 
     # -- one attempt ---------------------------------------------------------------------------
@@ -343,8 +355,13 @@ class Runner:
             return
         await guest.close()
 
-    def _finished(self, result: TestResult) -> None:
+    def _finished(self, result: TestResult, found: list[TestResult]) -> None:
+        if found:
+            self.synthetic[result.key] = found
         self._say(progress_line(result, self._done(), len(self.runs)))
+        for s in found:
+            self._say(f"        {'FLAKY' if s.flaky else s.status.value}: {s.test}: "
+                      f"{terminal_safe(s.attempts[0].message)[:200]}")
         if not result.status.ok and result.repro:
             self._say(f"        repro: {result.repro}")
             # issue 5: the repro line also goes in the test's folder, as repro.sh.

@@ -214,3 +214,76 @@ async def test_a_match_split_across_reads_is_found(tmp_path: Path) -> None:
         os.close(slave)
         console.detach()
         log.close()
+
+
+# -- Zircon: a crash string inside its except-block (tefmocheck's rule, live) -----------------
+
+DEATH_TEST = (b"[ RUN      ] ZxAssertCppTest.ZxAssertInvalidPredicateFails\r\n"
+              b"[00012.100] 01100:01101> ASSERT FAILED at (zxtest.cc:41): predicate\r\n"
+              b"[       OK ] ZxAssertCppTest.ZxAssertInvalidPredicateFails (3 ms)\r\n")
+
+
+def _zircon_console(tmp_path: Path) -> tuple[Console, SerialLog, int]:
+    """A Zircon-profile console reading a pipe; returns it, its log and the pipe's write end."""
+    master, slave = os.pipe()
+    log = SerialLog(tmp_path / "serial.log")
+    console = Console(log, get_profile("zircon"))
+    console.attach(master)
+    return console, log, slave
+
+
+@pytest.mark.parametrize("step", [3, 4096])
+async def test_assert_inside_its_except_block_passes(tmp_path: Path, step: int) -> None:
+    """An assert death test's ASSERT FAILED is expected between its RUN and OK lines: the wait
+    goes on to READY. Fed a few bytes per read, so markers and the assert straddle reads."""
+    console, log, slave = _zircon_console(tmp_path)
+    text = b"$ /boot/test/zxtest-smoke\r\n" + DEATH_TEST + b"READY\r\n"
+
+    async def dribble() -> None:
+        for i in range(0, len(text), step):
+            os.write(slave, text[i:i + step])
+            await anyio.sleep(0.001)  # pacing only: small reads, not a synchronisation
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dribble)
+            await console.expect([rb"READY"], 10, what="ready")
+    finally:
+        os.close(slave)
+        console.detach()
+        log.close()
+
+
+async def test_assert_outside_its_except_block_fails_at_once(tmp_path: Path) -> None:
+    console, log, slave = _zircon_console(tmp_path)
+    try:
+        os.write(slave, DEATH_TEST + b"[ RUN      ] VmoTest.Grow\r\n"
+                 b"[00013.000] 01100:01101> ASSERT FAILED at (vmo.cc:7): size\r\n")
+        t0 = time.monotonic()
+        with pytest.raises(GuestCrashed) as err:
+            await console.expect([rb"NEVER"], 30, what="never")
+        assert time.monotonic() - t0 < 5
+        assert err.value.crash.signature == "zircon-assert"
+        # The excerpt is of the assert that counted, not the excused one before it.
+        assert err.value.crash.excerpt.splitlines()[-1].endswith("(vmo.cc:7): size")
+    finally:
+        os.close(slave)
+        console.detach()
+        log.close()
+
+
+async def test_unterminated_block_excuses_what_follows(tmp_path: Path) -> None:
+    """tefmocheck: a start marker without its end excuses everything after it (a cut log)."""
+    console, log, slave = _zircon_console(tmp_path)
+    try:
+        os.write(slave, b"[===ASAN EXCEPT BLOCK START===]\r\n==1==ERROR: AddressSanitizer: "
+                        b"heap-use-after-free\r\nREADY\r\n")
+        await console.expect([rb"READY"], 10, what="ready")
+        os.write(slave, b"[===ASAN EXCEPT BLOCK END===]\r\n==2==ERROR: AddressSanitizer: x\r\n")
+        with pytest.raises(GuestCrashed) as err:
+            await console.expect([rb"NEVER"], 10, what="never")
+        assert err.value.crash.signature == "zircon-asan"
+    finally:
+        os.close(slave)
+        console.detach()
+        log.close()

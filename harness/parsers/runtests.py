@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from harness.parsers.common import console_lines, cut_off_message, message
+from harness.parsers.common import Line, console_lines, cut_off_message, message, owned
 from harness.results import Case, Status
 
 FORMAT = "runtests"
@@ -39,26 +39,28 @@ TAIL_LINES = 20
 def parse(text: str) -> list[Case]:
     cases: list[Case] = []
     running: str | None = None
-    output: list[str] = []
+    opener: Line | None = None
+    output: list[Line] = []
     for line in console_lines(text):
         m = _START.match(line.text)
         if m:
             if running is not None:
-                cases.append(_case(running, Status.FAIL, 0.0, cut_off_message(output)))
-            running, output = m["name"].strip(), []
+                cases.append(_case(running, Status.FAIL, 0.0,
+                                   cut_off_message(owned(output, opener))))
+            running, opener, output = m["name"].strip(), line, []
             continue
         m = _RESULT.search(line.text)
         if m:
             status = Status.PASS if m["status"] == "PASSED" else Status.FAIL
             seconds = int(m["sec"]) + int(m["ms"]) / 1000 if m["sec"] else 0.0
-            detail = message(output[-TAIL_LINES:]) if status == Status.FAIL else ""
+            detail = message(owned(output, opener)[-TAIL_LINES:]) if status == Status.FAIL else ""
             cases.append(_case(m["name"], status, seconds, detail))
             running, output = None, []
             continue
         if running is not None:
-            output.append(line.text)
+            output.append(line)
     if running is not None:
-        cases.append(_case(running, Status.FAIL, 0.0, cut_off_message(output)))
+        cases.append(_case(running, Status.FAIL, 0.0, cut_off_message(owned(output, opener))))
     return cases
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from harness.parsers.common import NO_RESULT, console_lines, message
+from harness.parsers.common import NO_RESULT, Line, console_lines, message, same_origin
 from harness.results import Case, Status
 
 KTAP = "KTAP"
@@ -91,39 +91,43 @@ class _Parser:
         self.fmt = fmt
         self.out: list[Case] = []
         self.stack: list[_Frame] = []
+        # The first line of TAP structure: diagnostics come from where it came from (a
+        # kernel log line amid a program's TAP output is not a diagnostic).
+        self.first: Line | None = None
 
     def run(self, text: str) -> list[Case]:
         for line in console_lines(text):
             content = line.text.lstrip(" ")
             if content:
-                self.line(len(line.text) - len(content), content)
+                self.line(len(line.text) - len(content), content, line)
         while len(self.stack) > 1:
             self.close(self.stack.pop(), Status.FAIL, "", NO_RESULT)
         if self.stack:
             self.finish_root(self.stack.pop())
         return self.out
 
-    def line(self, indent: int, content: str) -> None:
+    def line(self, indent: int, content: str, source: Line) -> None:
         version, subtest = _VERSION.match(content), _SUBTEST.match(content)
+        plan, result = _PLAN.match(content), _RESULT.match(content)
+        if self.first is None and (version or subtest or plan or result):
+            self.first = source
         if version or subtest:
             frame = self.header_frame(indent, bool(version), subtest["name"] if subtest else "")
             frame.versioned = frame.versioned or bool(version)
             if subtest:
                 frame.name = subtest["name"]
             return
-        plan = _PLAN.match(content)
         if plan:
             if not self.stack or indent > self.stack[-1].indent:
                 self.unwind(indent)
                 self.stack.append(_Frame(indent))
             self.stack[-1].plan = int(plan["n"])
             return
-        result = _RESULT.match(content)
         if result and (result["num"] is not None or result["name"]):
             self.result(indent, result)
             return
         top = self.stack[-1] if self.stack else None
-        if top is not None and indent >= top.indent:
+        if top is not None and indent >= top.indent and same_origin(source, self.first):
             top.diagnostics = [*top.diagnostics[-200:], content.removeprefix("#").strip()]
 
     def header_frame(self, indent: int, version: bool, name: str) -> _Frame:

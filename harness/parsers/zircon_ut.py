@@ -24,10 +24,19 @@ from __future__ import annotations
 
 import re
 
-from harness.parsers.common import NO_RESULT, console_lines, cut_off_message, message
+from harness.parsers.common import (
+    NO_RESULT,
+    Line,
+    console_lines,
+    cut_off_message,
+    message,
+    owned,
+)
 from harness.results import Case, Status
 
-FORMAT = "Zircon utest"
+# Not testparser's "Zircon utest" (the user-space library's CASE blocks, parsers.zircon_utest):
+# the kernel's own unittest library, which testparser does not read.
+FORMAT = "Zircon kernel unittest"
 
 _GROUP = re.compile(r"^(?P<group>\S+) : Running (?P<count>\d+) tests?\.\.\.$")
 _RESULT = re.compile(
@@ -49,7 +58,8 @@ def parse(text: str) -> list[Case]:
     expected = 0
     done = 0
     pending: str | None = None
-    output: list[str] = []
+    opener: Line | None = None
+    output: list[Line] = []
     failed_groups: list[str] = []
     in_failed_list = False
 
@@ -62,7 +72,7 @@ def parse(text: str) -> list[Case]:
         if group is None:
             return
         if pending is not None:
-            add(pending, Status.FAIL, 0.0, cut_off_message(output))
+            add(pending, Status.FAIL, 0.0, cut_off_message(owned(output, opener)))
         elif done < expected:
             add("(unfinished)", Status.FAIL, 0.0,
                 f"{NO_RESULT}: {done} of {expected} tests reported")
@@ -90,7 +100,7 @@ def parse(text: str) -> list[Case]:
             name = m["name"] or pending
             if name is not None:
                 status = Status.PASS if m["status"] == "PASSED" else Status.FAIL
-                detail = message(output) if status == Status.FAIL else ""
+                detail = message(owned(output, opener)) if status == Status.FAIL else ""
                 add(name, status, int(m["ns"]) / 1e9, detail)
                 done += 1
             pending, output = None, []
@@ -98,16 +108,17 @@ def parse(text: str) -> list[Case]:
         m = _GROUP_END.match(s)
         if m and m["group"] == group:
             if pending is not None:
-                add(pending, Status.FAIL, 0.0, cut_off_message(output))
+                add(pending, Status.FAIL, 0.0, cut_off_message(owned(output, opener)))
             group, pending, output = None, None, []
             continue
         if pending is None:
             m = _START.match(s)
             if m:
-                pending, output = m["name"], [m["rest"]] if m["rest"] else []
+                pending, opener = m["name"], line
+                output = [Line(m["rest"], line.timestamp, line.origin)] if m["rest"] else []
                 continue
         if pending is not None:
-            output.append(s.strip())
+            output.append(Line(s.strip(), line.timestamp, line.origin))
     cut_off()
 
     failing = {c.suite for c in cases if c.status == Status.FAIL}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from harness.logblocks import BlockTracker, LogBlock, excusing_block
+
 # Lines kept around a crash: the lines that led to it matter less than the dump after it.
 EXCERPT_BEFORE = 10
 EXCERPT_AFTER = 30
@@ -50,8 +52,12 @@ class CrashSignature:
     - `boot_banner`: the guest's first boot line. It is a crash (an
       unexpected reboot) only once the guest had booted and nothing
       announced a reboot (no reset marker since the boot).
-    - `unless`: text whose presence anywhere in the log cancels the
+    - `except_strings`: text whose presence anywhere in the log cancels the
       signature (Fuchsia ignores the panic shell once a boot test passed).
+    - `except_blocks`: start and end markers between which the signature is
+      expected (a death test's assert, a sanitizer test's report) and does not
+      count (see harness.logblocks); the live watch asks the console's
+      BlockTracker, a scan of a whole log looks back in it.
 
     `hint` is a literal the pattern cannot match without: a scan of a long
     log skips the regex when the literal is absent (a plain substring search
@@ -66,12 +72,19 @@ class CrashSignature:
     fatal: bool = True
     precursor: bool = False
     boot_banner: bool = False
-    unless: bytes | None = None
+    except_strings: tuple[bytes, ...] = ()
+    except_blocks: tuple[LogBlock, ...] = ()
     hint: bytes | None = None
 
     @property
     def unconditional(self) -> bool:
-        return not (self.boot_banner or self.unless is not None)
+        """Whether a match is a crash whatever else the log holds (except-blocks aside).
+
+        A signature with except-blocks stays in the live watch: whether a match
+        is inside a block depends only on what came before it, which the
+        console's BlockTracker knows at that moment.
+        """
+        return not (self.boot_banner or self.except_strings)
 
 
 class CrashWatch:
@@ -84,19 +97,29 @@ class CrashWatch:
     occurs (`bytes.find`, memchr-fast), so ordinary output costs one substring
     search per signature. The result is what the alternation would give: the
     leftmost match, the signature declared first on a tie.
+
+    With a BlockTracker (fed every byte the console reads, so the end of the
+    buffer pexpect searches is the tracker's newest byte), a match inside one
+    of its signature's except-blocks is skipped: it is expected there.
     """
 
-    def __init__(self, signatures: tuple[CrashSignature, ...]) -> None:
-        self.signatures = [(s.hint, s.pattern) for s in signatures]
+    def __init__(self, signatures: tuple[CrashSignature, ...],
+                 blocks: BlockTracker | None = None) -> None:
+        self.signatures = [(s.hint, s.pattern, s.except_blocks) for s in signatures]
+        self.blocks = blocks
         # What pexpect prints when it describes its patterns.
         self.pattern = b"|".join(b"(?:" + s.pattern.pattern + b")" for s in signatures)
 
     def search(self, buf: bytes, pos: int = 0) -> re.Match[bytes] | None:
         best: re.Match[bytes] | None = None
-        for hint, pattern in self.signatures:
+        for hint, pattern, except_blocks in self.signatures:
             if hint is not None and buf.find(hint, pos) < 0:
                 continue
             m = pattern.search(buf, pos)
+            if except_blocks and self.blocks is not None:
+                while m is not None and self.blocks.excused(
+                        self.blocks.total - len(buf) + m.start(), except_blocks):
+                    m = pattern.search(buf, max(m.end(), m.start() + 1))
             if m is not None and (best is None or m.start() < best.start()):
                 best = m
         return best
@@ -148,9 +171,19 @@ class Profile:
             return _NEVER
         return re.compile(b"|".join(b"(?:" + p + b")" for p in parts), re.MULTILINE)
 
-    def crash_watch(self) -> CrashWatch:
-        """The same signatures as `crash_regex`, as the console's live watch (see CrashWatch)."""
-        return CrashWatch(tuple(s for s in self.crash_signatures if s.fatal and s.unconditional))
+    def crash_watch(self, blocks: BlockTracker | None = None) -> CrashWatch:
+        """The same signatures as `crash_regex`, as the console's live watch (see CrashWatch).
+
+        `blocks` tracks the except-block markers of the stream being watched
+        (`except_markers`); without it no match is excused.
+        """
+        return CrashWatch(tuple(s for s in self.crash_signatures if s.fatal and s.unconditional),
+                          blocks)
+
+    def except_markers(self) -> list[bytes]:
+        """Every start and end marker of the live watch's except-blocks (for a BlockTracker)."""
+        return sorted({m for s in self.crash_signatures if s.fatal and s.unconditional
+                       for b in s.except_blocks for m in (b.start, b.end)})
 
     def find_crash(self, data: bytes, *, start: int = 0, booted: bool = False) -> Crash | None:
         """The first fatal crash in `data[start:]` (offsets stay relative to `data`).
@@ -171,11 +204,13 @@ class Profile:
         raw: dict[int, CrashSignature] = {}
         banners: list[tuple[int, CrashSignature]] = []
         for sig in self.crash_signatures:
-            if sig.unless is not None and sig.unless in data:
+            if any(s in data for s in sig.except_strings):
                 continue
             if sig.hint is not None and data.find(sig.hint, start) < 0:
                 continue
             for m in sig.pattern.finditer(data, start):
+                if sig.except_blocks and excusing_block(data, m.start(), sig.except_blocks):
+                    continue
                 if sig.boot_banner:
                     banners.append((m.start(), sig))
                 else:

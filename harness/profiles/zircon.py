@@ -1,13 +1,22 @@
 """The Zircon (Fuchsia) guest: its console shell, its power commands, its crash lines.
 
-The crash table is the list Fuchsia's own infrastructure scans serial logs
-for (tools/testing/tefmocheck), plus what syzkaller's Fuchsia reports show
-in real captures (recursion in the interrupt handler, the x86 fault banner,
-the panic's "stopping other cpus", a reboot nobody asked for, user-space
-crashes). Fuchsia fails a task on every signature in its list, so they are
-all fatal here; user-space crashes (a Go or Rust panic, crashsvc's
-"fatal exception" report) are not, because core tests crash processes on
-purpose and the test that owns the process reports the failure itself.
+The crash table is Fuchsia's own: every serial-log check of its crash scan
+(harness.fuchsia.tefmocheck, from tools/testing/tefmocheck/check-configs.yaml),
+in its order, with its except-blocks and except-strings. A check Fuchsia turns
+into a flake (always_flake) is reported but does not end a test; checks that
+only count when the task or a test failed (the skip_* flags) need outcomes a
+console does not have, and are left to the scan of the finished test's logs
+(which turns them into synthetic tests). After them come lines tefmocheck does
+not scan for but syzkaller's Fuchsia reports show in real captures (recursion
+in the interrupt handler, the x86 fault banner, the panic's "stopping other
+cpus", a reboot nobody asked for, user-space crashes). User-space crashes (a
+Go or Rust panic, crashsvc's "fatal exception" report) are not fatal, because
+core tests crash processes on purpose and the test that owns the process
+reports the failure itself.
+
+The VMM's own failure lines (`kvm run failed`, QEMU's KVM internal error,
+crosvm's vcpu errors) are not on the console: they are on the VMM's stderr,
+which the crash scan reads as the host log.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from harness.fuchsia.tefmocheck import StringInLogCheck, serial_checks
 from harness.profiles.base import CrashSignature, Profile, signature_pattern
 
 BOOT_TEST_SUCCESS = "***Boot-test-successful!-MDd7/O65SuVZ23yGAaQG4CedYQGH9E1/58r73pSAVK0=***"
@@ -61,35 +71,63 @@ def run_test_suite_completed(url: str, result: str) -> str:
 
 
 def _sig(name: str, regex: bytes, *, fatal: bool = True, precursor: bool = False,
-         boot_banner: bool = False, unless: bytes | None = None,
-         hint: bytes | None = None) -> CrashSignature:
+         boot_banner: bool = False, hint: bytes | None = None) -> CrashSignature:
     """A signature; a pattern that is a plain literal is its own hint."""
     if hint is None and not re.search(rb"[\\^$.|?*+()\[\]{}]", regex):
         hint = regex
     return CrashSignature(name, signature_pattern(regex), fatal=fatal, precursor=precursor,
-                          boot_banner=boot_banner, unless=unless, hint=hint)
+                          boot_banner=boot_banner, hint=hint)
+
+
+# Names the harness has long reported for Fuchsia's strings; the rest are derived.
+_NAMES = {
+    "ZIRCON KERNEL PANIC": "zircon-kernel-panic",
+    "ZIRCON KERNEL OOPS": "zircon-kernel-oops",
+    "DRIVER OOPS": "zircon-driver-oops",
+    "lockup_detector: no heartbeat from": "zircon-lockup",
+    "double fault, halting": "zircon-double-fault",
+    "ERROR: AddressSanitizer": "zircon-asan",
+    "ERROR: LeakSanitizer": "zircon-lsan",
+    "WARNING: ThreadSanitizer": "zircon-tsan",
+    "SUMMARY: UndefinedBehaviorSanitizer": "zircon-ubsan",
+    " ASSERT FAILED": "zircon-assert",
+    "DEVICE SUSPEND TIMED OUT": "zircon-suspend-timeout",
+    "entering panic shell loop": "zircon-panic-shell",
+    "received kernel OOM signal": "zircon-oom",
+    "Timed out loading dynamic linker from fuchsia.ldsvc.Loader": "zircon-ldsvc-timeout",
+    "failed to write blob": "zircon-blob-write-failure",
+}
+
+
+def signature_name(check: StringInLogCheck) -> str:
+    """The harness's name for a check's signature: `zircon-` and the string's words."""
+    if check.string in _NAMES:
+        return _NAMES[check.string]
+    words = re.findall(r"[a-z0-9]+", check.string.lower())
+    return "zircon-" + "-".join(words)[:48].rstrip("-")
+
+
+def check_signature(check: StringInLogCheck) -> CrashSignature:
+    """A serial-log check of Fuchsia's crash scan as a console crash signature."""
+    needle = check.string.encode()
+    return CrashSignature(
+        signature_name(check), signature_pattern(re.escape(needle)),
+        fatal=not check.always_flake, hint=needle,
+        except_strings=tuple(s.encode() for s in check.except_strings),
+        except_blocks=check.except_blocks,
+    )
+
+
+def fuchsia_signatures() -> tuple[CrashSignature, ...]:
+    """The serial-log checks a console can decide on its own, in tefmocheck's order."""
+    return tuple(check_signature(c) for c in serial_checks() if not c.depends_on_outcome)
 
 
 CRASH_SIGNATURES: tuple[CrashSignature, ...] = (
-    _sig("zircon-kernel-panic", rb"ZIRCON KERNEL PANIC"),
-    _sig("zircon-kernel-oops", rb"ZIRCON KERNEL OOPS"),
-    _sig("zircon-driver-oops", rb"DRIVER OOPS"),
-    _sig("zircon-lockup", rb"lockup_detector: no heartbeat from"),
-    _sig("zircon-double-fault", rb"double fault, halting"),
+    *fuchsia_signatures(),
+    # Lines tefmocheck does not look for, seen in syzkaller's Fuchsia captures.
     _sig("zircon-kernel-fault", rb"exception, halting"),
     _sig("zircon-interrupt-recursion", rb"recursion in interrupt handler"),
-    _sig("zircon-asan", rb"ERROR: AddressSanitizer"),
-    _sig("zircon-lsan", rb"ERROR: LeakSanitizer"),
-    _sig("zircon-tsan", rb"WARNING: ThreadSanitizer"),
-    _sig("zircon-ubsan", rb"SUMMARY: UndefinedBehaviorSanitizer"),
-    # Fuchsia matches " ASSERT FAILED" with its leading space (so that no identifier
-    # ending in ASSERT counts); a kernel log prefix or "DEBUG" supplies the space.
-    _sig("zircon-assert", rb"(?:^| )ASSERT FAILED", hint=b"ASSERT FAILED"),
-    _sig("zircon-suspend-timeout", rb"DEVICE SUSPEND TIMED OUT"),
-    # Two entries of one name, so that each has a literal hint for the live watch.
-    _sig("host-kvm-error", rb"kvm run failed "),
-    _sig("host-kvm-error", rb"KVM internal error\. Suberror", hint=b"KVM internal error"),
-    _sig("zircon-panic-shell", rb"entering panic shell loop", unless=BOOT_TEST_SUCCESS.encode()),
     # Printed only by halt_other_cpus(), which runs when a panic starts; usually
     # followed by the line that says what the panic is, which then names it.
     _sig("zircon-panic-start", rb"stopping other cpus", precursor=True),

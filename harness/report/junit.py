@@ -26,6 +26,7 @@ from pathlib import Path
 
 import junit_xml
 
+from harness.parsers import display_name
 from harness.report.summary import atomic_write, rfc3339
 from harness.results import Attempt, Case, RunResult, Status, TestResult
 from harness.textsafe import head_tail, normalize_newlines, xml_safe
@@ -157,7 +158,7 @@ def _case_testcase(
     result: TestResult, case: Case, names: _Names, details_limit: int
 ) -> junit_xml.TestCase:
     classname = xml_safe(f"{result.environment}.{result.suite}.{result.test}")
-    name = xml_safe(f"{case.suite}.{case.name}" if case.suite else case.name)
+    name = xml_safe(display_name(case))
     tc = junit_xml.TestCase(
         name=names.unique(classname, name), classname=classname,
         elapsed_sec=_seconds(case.duration_s),

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.parsers import display_name
 from harness.results import Attempt, Case, RunResult, Status, TestResult
 
 SUMMARY_FORMAT = 2
@@ -171,7 +172,7 @@ def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
 
 def _case_entry(case: Case) -> dict[str, Any]:
     """runtests.TestCaseResult, its fields in Go's order."""
-    display = f"{case.suite}.{case.name}" if case.suite else case.name
+    display = display_name(case)  # testparser's DisplayName: `::` for Rust, `/` for Go
     entry: dict[str, Any] = {
         "display_name": display,
         "suite_name": case.suite,
