@@ -125,6 +125,9 @@ class TestResult:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     repro: str = ""
     folder: str = ""
+    # The file that defines the test (a suite module), for CI systems that link a test
+    # to its source (GitLab's `file` attribute); empty when there is none (tests.json).
+    source: str = ""
 
     @property
     def final(self) -> Attempt:
@@ -169,6 +172,7 @@ class TestResult:
             "tags": dict(self.tags),
             "repro": self.repro,
             "folder": self.folder,
+            "source": self.source,
             "attempts": [a.to_json() for a in self.attempts],
         }
 
@@ -187,6 +191,7 @@ class TestResult:
             tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
             repro=d.get("repro", ""),
             folder=d.get("folder", ""),
+            source=d.get("source", ""),
             attempts=[Attempt.from_json(a) for a in d.get("attempts", [])],
         )
 

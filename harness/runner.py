@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import inspect
 import os
 import shlex
 import signal
@@ -48,6 +49,9 @@ class RunOptions:
     repro_base: Sequence[str] = ()  # argv that selects the same inputs, for repro lines
     progress: bool = True
     keep_failed: bool = False  # --keep: leave a failed test's guest running for a person
+    # The line printed as each test finishes (None: print nothing for it); default
+    # `progress_line`. harness.report.terminal's summarises skips instead of listing them.
+    progress_line: Callable[[TestResult, int, int], str | None] | None = None
 
 
 def _now() -> dt.datetime:
@@ -340,7 +344,9 @@ class Runner:
         await guest.close()
 
     def _finished(self, result: TestResult) -> None:
-        self._say(progress_line(result, self._done(), len(self.runs)))
+        line = (self.opt.progress_line or progress_line)(result, self._done(), len(self.runs))
+        if line:
+            self._say(line)
         if not result.status.ok and result.repro:
             self._say(f"        repro: {result.repro}")
             # issue 5: the repro line also goes in the test's folder, as repro.sh.
@@ -370,6 +376,7 @@ class Runner:
             blocking=env.blocking,
             label=r.spec.label,
             tags={"device_type": env.device_type, "devices": env.devices.name},
+            source=(inspect.getsourcefile(test.func) or "") if test else "",
         )
         if self.opt.repro_base:
             res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,
