@@ -191,9 +191,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return anyio.run(attach, Path(args.socket), backend="asyncio")
     if args.command == "merge":
+        from harness.report.html import write_run_report
         from harness.report.merge import merge_runs
 
         run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
+        write_run_report(run)
         print(f"merged {len(run.results)} results into {args.out}")
         return EXIT_FAILED if run.blocking_failed else EXIT_OK
     # -- stability and repro (issue 5) --

@@ -363,3 +363,12 @@ def test_a_report_written_while_the_run_goes_on(tmp_path: Path) -> None:
     assert d.compared == 0 and not d.differs
     failures = page[page.index('id="failures"'):page.index('id="environments"')]
     assert "crosvm-x64" not in failures
+
+
+def test_merge_writes_the_merged_report(tmp_path: Path) -> None:
+    run = sample_run(tmp_path / "shard0")
+    write_summary(run, run.out_dir / "summary.json")
+    assert cli.main(["merge", str(run.out_dir), "--out", str(tmp_path / "merged")]) == 1
+    page = (tmp_path / "merged" / "report.html").read_text()
+    html5lib.HTMLParser(strict=True).parse(page)
+    assert 'href="crosvm-x64/device_enumeration.devices/attempt-2/serial.log"' in page
