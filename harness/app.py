@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -26,6 +27,9 @@ from harness.images.model import GuestImage
 from harness.results import RunResult
 from harness.spec import TestSpec, load_specs, parse_specs
 from harness.suite import SuiteTest, default_specs, registry
+
+if TYPE_CHECKING:
+    from harness.report.terminal import TerminalReport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -163,7 +167,7 @@ def _unbuilt_image(env: Environment) -> GuestImage:
 
 def run_command(args: argparse.Namespace) -> int:
     from harness.cli import default_out_dir, repro_base
-    from harness.report import write_reports
+    from harness.report.terminal import TerminalReport
     from harness.runner import Runner, RunOptions
 
     plan, envs, tests = build_plan(args)
@@ -185,10 +189,12 @@ def run_command(args: argparse.Namespace) -> int:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(out.name)
             os.replace(tmp, latest)
+    terminal = TerminalReport.for_stream(sys.stderr, os.environ)
     options = RunOptions(
         out_dir=out, jobs=args.jobs, retries=args.retries,
         log_cap=(args.log_cap_mib << 20) or None,
         repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
+        progress_line=terminal.progress,
     )
     if not runs:
         print("harness: nothing selected to run", file=sys.stderr)
@@ -196,11 +202,11 @@ def run_command(args: argparse.Namespace) -> int:
     _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
                f"{args.jobs} at a time; results in {out}")
     runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
-                    on_result=lambda r: write_reports(r))
+                    on_result=write_run_files)
 
     async def main() -> RunResult:
         result = await runner.run()
-        write_reports(result)
+        write_run_files(result)
         if runner.kept:
             from harness.interactive import keep_serving
 
@@ -212,12 +218,83 @@ def run_command(args: argparse.Namespace) -> int:
         return result
 
     result: RunResult = anyio.run(main, backend="asyncio")
-    totals = result.totals()
-    _say(args, "harness: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v) +
-         f" in {result.duration_s:.1f} s; junit: {out / 'junit.xml'}")
+    report_run_end(args, result, terminal)
     if result.interrupted:
         return 130 if runner.interrupted and "SIGINT" in runner.interrupted else 143
     return EXIT_FAILED if result.blocking_failed else EXIT_OK
+
+
+def write_run_files(run: RunResult) -> None:
+    """junit.xml and summary.json, then report.html (a secondary view: a failure to render
+    it is said, never allowed to stop the run or lose the results already written)."""
+    from harness.report import write_reports
+    from harness.report.html import write_run_report
+
+    write_reports(run)
+    try:
+        write_run_report(run)
+    except Exception as e:  # a bug in the HTML view must not cost the run
+        print(f"harness: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def report_run_end(args: argparse.Namespace, run: RunResult, terminal: TerminalReport) -> None:
+    """The closing report on the terminal, and GitHub's annotations and step summary."""
+    from harness.report.diff import diff_runs
+    from harness.report.html import REPORT_FILE
+    from harness.report.terminal import ci_outputs
+
+    diffs = diff_runs(run, run, left_label=str(run.out_dir), right_label=str(run.out_dir))
+    report = run.out_dir / REPORT_FILE
+    files = [f"junit: {run.out_dir / 'junit.xml'}"]
+    if report.exists():
+        files.append(f"report: {report}")
+    _say(args, terminal.closing(run, files=files, diffs=diffs))
+    ci_outputs(run, diffs, environ=os.environ, stdout=sys.stdout,
+               report=str(report) if report.exists() else "")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`harness report RESULTS_DIR... --out DIR`: the static HTML report of one or many runs."""
+    from harness.report.html import write_report
+
+    if args.last < 1:
+        raise ConfigError("command line", None, "--last", f"must be at least 1, not {args.last}")
+    index = write_report([Path(d) for d in args.dirs], Path(args.out), last=args.last)
+    print(f"report: {index}")
+    return EXIT_OK
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    """`harness diff RUN_A [RUN_B] [--env A --env B] [--json]`: exit 1 when a verdict differs."""
+    from harness.report.diff import diff_runs, diff_text
+    from harness.report.summary import load_summary
+    from harness.stability import find_summaries
+
+    if len(args.runs) > 2:
+        raise ConfigError("command line", None, "RUN", f"give one or two runs, not "
+                          f"{len(args.runs)}")
+    loaded = []
+    for d in args.runs:
+        summaries = find_summaries([Path(d)])
+        if len(summaries) != 1:
+            raise ConfigError(d, None, None, f"holds {len(summaries)} runs; name one run "
+                              "directory")
+        loaded.append((d, load_summary(summaries[0])))
+    left_label, left = loaded[0]
+    right_label, right = loaded[-1]
+    diffs = diff_runs(left, right, left_label=left_label, right_label=right_label,
+                      envs=tuple(args.env))
+    if not diffs:
+        raise ConfigError("command line", None, "--env",
+                          "no pair of environments to compare (no crosvm environment with a "
+                          "QEMU one of the same arch and device set); name them with "
+                          "--env LEFT --env RIGHT")
+    if args.json:
+        print(json.dumps({"differs": any(d.differs for d in diffs),
+                          "pairs": [d.to_json() for d in diffs]}, indent=1))
+    else:
+        print(diff_text(diffs), end="")
+    return EXIT_FAILED if any(d.differs for d in diffs) else EXIT_OK
 
 
 def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: EnvironmentSet) -> int:

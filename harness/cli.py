@@ -125,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the command instead of running it")
     repro.add_argument("--out", metavar="DIR", help="results directory of the re-run")
     # -- end stability and repro --
+
+    report = sub.add_parser("report", help="static HTML report of one or many runs "
+                            "(opens from file://, nothing fetched)")
+    report.add_argument("dirs", nargs="+", metavar="RESULTS_DIR",
+                        help="a run directory, or a folder of run directories")
+    report.add_argument("--out", required=True, metavar="DIR",
+                        help="where index.html (and run-N.html per run) go")
+    report.add_argument("--last", type=int, default=5, metavar="K",
+                        help="readiness of FYI environments over their last K runs (default 5)")
+
+    diff = sub.add_parser("diff", help="the same tests on two environments side by side; "
+                          "exit 1 when a verdict differs")
+    diff.add_argument("runs", nargs="+", metavar="RUN",
+                      help="RUN_A [RUN_B]: one run (its environments against each other) or two")
+    diff.add_argument("--env", action="append", default=[], metavar="ENV",
+                      help="--env LEFT --env RIGHT (default: each crosvm environment against "
+                           "the QEMU one of the same arch and device set)")
+    diff.add_argument("--json", action="store_true")
     return parser
 
 
@@ -185,9 +203,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return anyio.run(attach, Path(args.socket), backend="asyncio")
     if args.command == "merge":
+        from harness.report.html import write_run_report
         from harness.report.merge import merge_runs
 
         run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
+        write_run_report(run)
         print(f"merged {len(run.results)} results into {args.out}")
         return EXIT_FAILED if run.blocking_failed else EXIT_OK
     # -- stability and repro (issue 5) --
@@ -206,6 +226,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return repro_command(Path(args.results_dir), args.test, args.env,
                              print_only=args.print_only, out=args.out)
     # -- end stability and repro --
+    if args.command == "report":
+        from harness.app import report_command
+
+        return report_command(args)
+    if args.command == "diff":
+        from harness.app import diff_command
+
+        return diff_command(args)
     raise AssertionError(args.command)
 
 

@@ -140,6 +140,9 @@ class TestResult:
     # A test the crash scan made up (tefmocheck's synthetic tests), not one from tests.json;
     # summary.json's is_testing_failure_mode.
     testing_failure_mode: bool = False
+    # The file that defines the test (a suite module), for CI systems that link a test
+    # to its source (GitLab's `file` attribute); empty when there is none (tests.json).
+    source: str = ""
 
     @property
     def final(self) -> Attempt:
@@ -185,6 +188,7 @@ class TestResult:
             "repro": self.repro,
             "folder": self.folder,
             "testing_failure_mode": self.testing_failure_mode,
+            "source": self.source,
             "attempts": [a.to_json() for a in self.attempts],
         }
 
@@ -204,6 +208,7 @@ class TestResult:
             repro=d.get("repro", ""),
             folder=d.get("folder", ""),
             testing_failure_mode=bool(d.get("testing_failure_mode", False)),
+            source=d.get("source", ""),
             attempts=[Attempt.from_json(a) for a in d.get("attempts", [])],
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import inspect
 import os
 import shlex
 import signal
@@ -50,6 +51,9 @@ class RunOptions:
     repro_base: Sequence[str] = ()  # argv that selects the same inputs, for repro lines
     progress: bool = True
     keep_failed: bool = False  # --keep: leave a failed test's guest running for a person
+    # The line printed as each test finishes (None: print nothing for it); default
+    # `progress_line`. harness.report.terminal's summarises skips instead of listing them.
+    progress_line: Callable[[TestResult, int, int], str | None] | None = None
 
 
 def _now() -> dt.datetime:
@@ -358,7 +362,9 @@ class Runner:
     def _finished(self, result: TestResult, found: list[TestResult]) -> None:
         if found:
             self.synthetic[result.key] = found
-        self._say(progress_line(result, self._done(), len(self.runs)))
+        line = (self.opt.progress_line or progress_line)(result, self._done(), len(self.runs))
+        if line:
+            self._say(line)
         for s in found:
             self._say(f"        {'FLAKY' if s.flaky else s.status.value}: {s.test}: "
                       f"{terminal_safe(s.attempts[0].message)[:200]}")
@@ -391,6 +397,7 @@ class Runner:
             blocking=env.blocking,
             label=r.spec.label,
             tags={"device_type": env.device_type, "devices": env.devices.name},
+            source=(inspect.getsourcefile(test.func) or "") if test else "",
         )
         if self.opt.repro_base:
             res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,

@@ -32,6 +32,10 @@ Any summary.json is read, the harness's own and Fuchsia's (old and new
 formats): tests of a Fuchsia file carry no environment tag, so they are
 grouped under the environment "" (shown as `(no environment)`) and count as
 blocking, since nothing in the file says otherwise.
+
+- VMM CPU is what the block test measures around its transfers (the VMM
+  session's CPU seconds, `vmm_cpu_s_write` + `vmm_cpu_s_read`): the one
+  figure recorded the same way on every engine, so its trend is comparable.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from harness.textsafe import terminal_safe
 SUMMARY = "summary.json"
 DEFAULT_LAST = 5
 BOOT_PROPERTY = "boot_s"
+VMM_CPU_PREFIX = "vmm_cpu_s"
 FORMAT = 1
 
 _FAILED = (Status.FAIL, Status.INFRA_FAIL, Status.ABORT)
@@ -188,6 +193,25 @@ def boot_samples(result: TestResult) -> list[float]:
     return out
 
 
+def vmm_cpu_samples(result: TestResult) -> list[float]:
+    """Per attempt that measured it, the VMM CPU seconds of its `vmm_cpu_s*` properties."""
+    out: list[float] = []
+    for attempt in result.attempts:
+        total, seen = 0.0, False
+        for key, raw in attempt.properties.items():
+            if not key.startswith(VMM_CPU_PREFIX):
+                continue
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isfinite(value) and value >= 0:
+                total, seen = total + value, True
+        if seen:
+            out.append(total)
+    return out
+
+
 # -- per test and per environment ---------------------------------------------------------------
 
 
@@ -310,6 +334,7 @@ class EnvironmentStability:
     boot: Trend | None
     ready: bool | None  # None: already blocking, nothing to decide
     reason: str
+    vmm_cpu: Trend | None = None
 
     @property
     def runs_seen(self) -> int:
@@ -327,6 +352,7 @@ class EnvironmentStability:
             "reason": self.reason,
             "window": [v.to_json() for v in self.window(last)],
             "boot_s": self.boot.to_json() if self.boot else None,
+            "vmm_cpu_s": self.vmm_cpu.to_json() if self.vmm_cpu else None,
             "tests": [t.to_json() for t in self.tests],
         }
 
@@ -386,6 +412,7 @@ def analyze(runs: Sequence[LoadedRun], last: int = DEFAULT_LAST) -> StabilityRep
     tests: dict[tuple[str, str], TestStability] = {}
     test_boot: dict[tuple[str, str], list[tuple[int, float]]] = {}
     env_boot: dict[str, list[tuple[int, float]]] = {}
+    env_cpu: dict[str, list[tuple[int, float]]] = {}
     history: dict[str, list[RunVerdict]] = {}
     blocking: dict[str, bool] = {}
     for index, loaded in enumerate(runs):
@@ -403,6 +430,9 @@ def analyze(runs: Sequence[LoadedRun], last: int = DEFAULT_LAST) -> StabilityRep
             samples = [s for r in results for s in boot_samples(r)]
             if samples:
                 env_boot.setdefault(env, []).append((index, statistics.median(samples)))
+            cpu = [s for r in results for s in vmm_cpu_samples(r)]
+            if cpu:
+                env_cpu.setdefault(env, []).append((index, statistics.median(cpu)))
     for key, stab in tests.items():
         stab.boot = make_trend(test_boot.get(key, []))
     environments = []
@@ -416,6 +446,7 @@ def analyze(runs: Sequence[LoadedRun], last: int = DEFAULT_LAST) -> StabilityRep
             boot=make_trend(env_boot.get(env, [])),
             ready=ready,
             reason=reason,
+            vmm_cpu=make_trend(env_cpu.get(env, [])),
         ))
     return StabilityReport(list(runs), last, environments)
 
@@ -447,14 +478,15 @@ def report_text(report: StabilityReport) -> str:
         f"{len(runs)} run{'s' * (len(runs) != 1)} from {rfc3339(runs[0].started)} to "
         f"{rfc3339(runs[-1].started)}; readiness over each FYI environment's last "
         f"{report.last} runs",
-        "boot s: first/last/median of the per-run median, slope in s per run",
+        "boot s, VMM CPU s: first/last/median of the per-run median, slope in s per run",
     ]
     for env in report.environments:
         kind = "blocking" if env.blocking else "FYI"
         lines.append("")
         name = terminal_safe(env.environment) or "(no environment)"
         lines.append(f"{name} ({kind}): seen in {env.runs_seen} "
-                     f"run{'s' * (env.runs_seen != 1)}, boot s {_trend_text(env.boot)}")
+                     f"run{'s' * (env.runs_seen != 1)}, boot s {_trend_text(env.boot)}"
+                     + (f", VMM CPU s {_trend_text(env.vmm_cpu)}" if env.vmm_cpu else ""))
         if env.ready is not None:
             verdict = "READY to be made blocking" if env.ready else "not ready"
             lines.append(f"  {verdict}: {terminal_safe(env.reason)}")

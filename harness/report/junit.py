@@ -16,12 +16,27 @@ so a failing zxtest case shows up by name in CI. junit-10.xsd has no
 <properties> inside <testcase>, so per-test metrics become suite properties
 named `<test>.<metric>` (`<test>.attempt<N>.<metric>` for earlier attempts)
 and are also listed at the top of the test's system-out.
+
+Files for CI: each test's system-out lists its files as `[[ATTACHMENT|path]]`
+lines, each alone on its line, serial.log first: Jenkins' junit-attachments
+plugin archives every one, GitLab shows the first one of a failed test. The
+path is relative to the working directory when the run directory is inside it
+(GitLab resolves it in the job's artifacts, Jenkins in the workspace), else
+absolute. GitLab also reads a `file` attribute on <testcase> (the test's source,
+relative to the repository), but junit-10.xsd does not allow one (Jenkins' xUnit
+plugin validates against that schema and rejects the file; pytest's xunit2
+family leaves `file` out for the same reason). So `file` is written only where
+its reader is: under GitLab CI (`GITLAB_CI` set), or when `HARNESS_JUNIT_FILE=1`
+asks for it (`=0` never); everywhere else junit.xml stays valid under the schema.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path
 
 import junit_xml
@@ -48,6 +63,15 @@ MESSAGE_LIMIT = 1024
 
 _ERRORS = (Status.INFRA_FAIL, Status.ABORT)
 
+# What Jenkins (a line `[[ATTACHMENT|path]]`) and GitLab (case-insensitive) read as an
+# attachment. Guest text could carry one and have the CI archive any file of its host,
+# so in guest text it is broken up with a space; only the harness's own lines stay.
+_ATTACHMENT = re.compile(r"\[\[(ATTACHMENT)\|", re.IGNORECASE)
+
+
+def defang_attachments(text: str) -> str:
+    return _ATTACHMENT.sub(r"[[\1 |", text)
+
 
 def _seconds(value: float) -> float:
     return value if math.isfinite(value) and value > 0 else 0.0
@@ -60,7 +84,7 @@ def _time(value: float) -> str:
 
 def _clip(text: str, limit: int, *, head: int | None = None, where: str = "") -> str:
     """`text` made XML-safe and cut to about `limit` bytes (its head and tail)."""
-    safe = xml_safe(normalize_newlines(text))
+    safe = defang_attachments(xml_safe(normalize_newlines(text)))
     return head_tail(safe, limit, limit // 4 if head is None else head, where=where)
 
 
@@ -82,6 +106,70 @@ def _serial_log(run: RunResult, result: TestResult, attempt: Attempt | None) -> 
     return str(run.out_dir / rel) if rel else ""
 
 
+def ci_path(path: Path, base: Path | None = None) -> str:
+    """`path` as CI systems resolve it: relative to `base` (the working directory) when
+    inside it, else absolute."""
+    base = Path.cwd() if base is None else base
+    if path.is_absolute():
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            return path.as_posix()
+    return path.as_posix()
+
+
+def attachments(run: RunResult, result: TestResult, attempt: Attempt | None) -> list[str]:
+    """The files of one attempt that exist, serial.log first, as `ci_path`s."""
+    rels: list[str] = []
+    serial = ""
+    if attempt is not None:
+        serial = next((p for k, p in attempt.artifacts.items()
+                       if k in ("serial.log", "serial") or Path(p).name == "serial.log"), "")
+    folder = str(Path(serial).parent.as_posix()) if serial else result.folder
+    if folder:
+        rels += [f"{folder}/{name}" for name in ("serial.log", "vmm-stderr.log",
+                                                 "vmm-command.txt")]
+    if attempt is not None:
+        rels += [p for p in attempt.artifacts.values() if p not in rels]
+    out: list[str] = []
+    for rel in rels:
+        path = Path(rel) if Path(rel).is_absolute() else run.out_dir / rel
+        if path.is_file():
+            shown = ci_path(path)
+            if shown not in out:
+                out.append(shown)
+    return out
+
+
+def file_attributes_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether testcases carry GitLab's `file` attribute (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    forced = environ.get("HARNESS_JUNIT_FILE", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    return bool(environ.get("GITLAB_CI"))
+
+
+def source_file(result: TestResult, environ: Mapping[str, str] | None = None) -> str:
+    """The test's source relative to the repository (GitLab's CI_PROJECT_DIR, else the
+    working directory); '' when it has none or it lies outside."""
+    if not result.source:
+        return ""
+    environ = os.environ if environ is None else environ
+    base = Path(environ.get("CI_PROJECT_DIR") or Path.cwd())
+    path = Path(result.source)
+    if not path.is_absolute():
+        return path.as_posix()
+    for b in (base, base.resolve()):
+        try:
+            return path.relative_to(b).as_posix()
+        except ValueError:
+            continue
+    return ""
+
+
 def _attempt_text(
     run: RunResult, result: TestResult, index: int, attempt: Attempt | None, limit: int
 ) -> str:
@@ -93,12 +181,14 @@ def _attempt_text(
         lines[0] += " (flaky: failed before it passed)"
     lines.append(f"attempt: {index} of {total}" if total else "attempt: none ran")
     if attempt is not None and attempt.message.strip():
-        lines.append(f"message: {_message(attempt.message, '')}")
+        lines.append(f"message: {defang_attachments(_message(attempt.message, ''))}")
     serial = _serial_log(run, result, attempt)
     lines.append(f"serial log: {serial or '(none recorded)'}")
     lines.append(f"repro: {result.repro or '(none recorded)'}")
     if attempt is not None:
-        lines.extend(f"property: {k}={v}" for k, v in attempt.properties.items())
+        lines.extend(defang_attachments(f"property: {k}={v}")
+                     for k, v in attempt.properties.items())
+    lines.extend(f"[[ATTACHMENT|{path}]]" for path in attachments(run, result, attempt))
     header = xml_safe(normalize_newlines("\n".join(lines)))
     tail = attempt.serial_tail if attempt is not None else ""
     if not tail:
@@ -208,7 +298,7 @@ def _first_limit(run: RunResult) -> int:
     return int(max(SYSTEM_OUT_MIN, min(SYSTEM_OUT_LIMIT, per_test)))
 
 
-def junit_string(run: RunResult) -> str:
+def junit_string(run: RunResult, *, file_attributes: bool | None = None) -> str:
     """The JUnit document for `run`, valid under junit-10.xsd and within FILE_BUDGET bytes.
 
     Console text is what gets cut to stay within the budget: if the estimate
@@ -216,15 +306,17 @@ def junit_string(run: RunResult) -> str:
     to SYSTEM_OUT_MIN per test. Results themselves are never dropped, so a run
     with an extreme number of cases can still exceed the budget.
     """
+    if file_attributes is None:
+        file_attributes = file_attributes_wanted()
     limit = _first_limit(run)
     while True:
-        text = _render(run, limit)
+        text = _render(run, limit, file_attributes)
         if limit <= SYSTEM_OUT_MIN or len(text.encode("utf-8")) <= FILE_BUDGET:
             return text
         limit = max(SYSTEM_OUT_MIN, limit // 2)
 
 
-def _render(run: RunResult, limit: int) -> str:
+def _render(run: RunResult, limit: int, file_attributes: bool = False) -> str:
     """The document with `limit` bytes of console text per test; the rest scales with it."""
     rerun_limit = min(RERUN_OUT_LIMIT, limit // 4)
     details_limit = min(DETAILS_LIMIT, limit // 2)
@@ -235,7 +327,7 @@ def _render(run: RunResult, limit: int) -> str:
 
     suites: list[junit_xml.TestSuite] = []
     # Per testcase, in document order: its time and the elements junit-xml cannot make.
-    patches: list[tuple[float, list[ET.Element]]] = []
+    patches: list[tuple[float, list[ET.Element], str]] = []
     suite_times: list[float] = []
     names = _Names()
     for env, results in by_env.items():
@@ -263,12 +355,13 @@ def _render(run: RunResult, limit: int) -> str:
                 for i, a in enumerate(r.attempts[:-1], 1)
                 if not a.status.ok and r.status != Status.SKIP
             ]
+            source = xml_safe(source_file(r)) if file_attributes else ""
             cases.append(tc)
-            patches.append((tc.elapsed_sec or 0.0, extra))
+            patches.append((tc.elapsed_sec or 0.0, extra, source))
             for c in final.cases if final else []:
                 ctc = _case_testcase(r, c, names, case_details_limit)
                 cases.append(ctc)
-                patches.append((ctc.elapsed_sec or 0.0, []))
+                patches.append((ctc.elapsed_sec or 0.0, [], source))
         suites.append(
             junit_xml.TestSuite(
                 name=xml_safe(env),
@@ -290,8 +383,10 @@ def _render(run: RunResult, limit: int) -> str:
         suite_el.attrib.pop("disabled", None)
         suite_el.set("time", _time(suite_time))
         for tc_el in suite_el.iter("testcase"):
-            elapsed, extra = next(testcases)
+            elapsed, extra, source = next(testcases)
             tc_el.set("time", _time(elapsed))
+            if source:
+                tc_el.set("file", source)
             # After failure/error/skipped, before system-out, as Surefire writes them.
             at = next(
                 (i for i, child in enumerate(tc_el) if child.tag in ("system-out", "system-err")),
