@@ -154,4 +154,5 @@ def stderr_last_line(path: Path, limit: int = 4096) -> str:
     except OSError:
         return ""
     lines = clean_text(data).strip().splitlines()
-    return lines[-1].strip() if lines else ""
+    # Without crosvm's `[TIME LEVEL module] ` prefix: the words are what a reader needs.
+    return re.sub(r"^\[[^\]]*\] ", "", lines[-1].strip()) if lines else ""

@@ -41,6 +41,11 @@ class RunError(Exception):
     """A failure after parsing (configuration, setup, run): `exiting with error 1: ...`."""
 
 
+class ConfigRefused(RunError):
+    """A configuration `TryFrom<RunCommand> for Config` refuses: crosvm's run_vm prints the
+    bare message on stderr first, then main() logs it as any other error."""
+
+
 @dataclasses.dataclass
 class Logger:
     """crosvm's stderr log lines: `[TIMESTAMP LEVEL crosvm] message`."""

@@ -25,7 +25,7 @@ import errno
 import os
 from typing import Any
 
-from crosvm_double.base import RunError
+from crosvm_double.base import ConfigRefused, RunError
 from crosvm_double.cmdline import RunConfig
 
 KVM_PATH = "/dev/kvm"
@@ -48,19 +48,19 @@ def check_serials(serials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for params in serials:
         key = (params["hardware"], params["num"])
         if key in seen:
-            raise RunError(f"serial hardware {key[0]} num {key[1]}")
+            raise ConfigRefused(f"serial hardware {key[0]} num {key[1]}")
         if params.get("earlycon"):
             if params["hardware"] != "serial":
-                raise RunError(f"invalid value {params['hardware']}: earlycon not supported "
+                raise ConfigRefused(f"invalid value {params['hardware']}: earlycon not supported "
                                f"for hardware")
             for other in seen.values():
                 if other.get("earlycon"):
-                    raise RunError(f"{other['hardware']} device {other['num']} already set "
+                    raise ConfigRefused(f"{other['hardware']} device {other['num']} already set "
                                    f"as earlycon")
         if params.get("stdin"):
             for other in seen.values():
                 if other.get("stdin"):
-                    raise RunError(f"{other['hardware']} device {other['num']} already "
+                    raise ConfigRefused(f"{other['hardware']} device {other['num']} already "
                                    f"connected to standard input")
         seen[key] = params
     order = {"serial": 0, "virtio-console": 1, "debugcon": 2}  # SerialHardware's Ord
@@ -72,7 +72,7 @@ def root_param(blocks: list[dict[str, Any]]) -> list[str]:
     if not roots:
         return []
     if len(roots) > 1:
-        raise RunError("only one root disk can be specified")
+        raise ConfigRefused("only one root disk can be specified")
     index, block = roots[0]
     return [f"root=/dev/vd{chr(ord('a') + index)} {'ro' if block.get('ro') else 'rw'}"]
 
@@ -95,7 +95,7 @@ def validate(cfg: RunConfig) -> Validated:
     serials = check_serials(list(cfg.get("serial", [])))
     params = list(cfg.get("params", [])) + root_param(cfg.get("block", []))
     if cfg.kernel is None:
-        raise RunError("Executable is not specified")
+        raise ConfigRefused("Executable is not specified")
     serials = default_serials(serials)
     hypervisor = cfg.get("hypervisor")
     device = hypervisor.get("device", KVM_PATH) if hypervisor else None

@@ -212,9 +212,9 @@ class _Parser:
         first = next(iter(spec.fields))
         if spec.first_field_implicit and self.peek() not in ("]", None):
             m = _IDENTIFIER.match(self.text, self.pos)
-            if m is None:
-                implicit = first
-            elif self.text[m.end():m.end() + 1] != "=" and m.group(0) not in spec.fields:
+            named = m is not None and (self.text[m.end():m.end() + 1] == "="
+                                       or m.group(0) in spec.fields)
+            if not named:
                 implicit = first
         result: dict[str, Any] = {}
         while self.peek() not in ("]", None):

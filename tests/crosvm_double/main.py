@@ -8,12 +8,15 @@ message last as crosvm does.
 
 from __future__ import annotations
 
+import sys
+
 from crosvm_double import cmdline
 from crosvm_double.base import (
     EXIT_ERROR,
     EXIT_INVALID_ARGS,
     EXIT_STOP,
     STATUS_MESSAGE,
+    ConfigRefused,
     Logger,
     RunError,
     UsageError,
@@ -58,8 +61,11 @@ def main(argv: list[str]) -> int:
             return run_control(command, sub, log)
         raise UsageError(f"Unrecognized argument: {command}")
     except UsageError as e:
-        log.log("error", f"arg parsing failed: {e}")
+        log.log("error", f"arg parsing failed: {e}\n")
+        log.log("info", "invalid argument")  # CommandStatus::InvalidArgs's message
         return EXIT_INVALID_ARGS
     except RunError as e:
+        if isinstance(e, ConfigRefused):
+            sys.stderr.write(f"{e}\n")
         log.log("error", f"exiting with error 1: {e}")
         return EXIT_ERROR
