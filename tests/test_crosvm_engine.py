@@ -27,6 +27,7 @@ from crosvm_double import cmdline as double
 from crosvm_double.keyvalues import KeyValueError
 from crosvm_double.triple_fault import triple_fault_kernel
 
+from harness import environments
 from harness.engines import crosvm as crosvm_mod
 from harness.engines.base import ExitKind, RunPaths
 from harness.engines.crosvm import (
@@ -41,6 +42,8 @@ from harness.engines.crosvm import (
 from harness.environments import DeviceConfig, Environment, ImageRef
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
+from harness.report.junit import _suite_properties
+from harness.results import RunResult, TestResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
@@ -502,3 +505,48 @@ def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts() -> None:
         assert cfg is not None and cfg.kernel == argv[-1]
         arches.add(run["arch"])
     assert arches == {"x86_64", "arm64"}
+
+
+# -- version and doctor --------------------------------------------------------------------------
+
+
+async def test_vmm_version_is_recorded_once_known(tmp_path: Path) -> None:
+    """The version crosvm reports is what results record (a JUnit testsuite property)."""
+    engine = CrosvmEngine(binary=str(DOUBLE))
+    assert engine.vmm_version(make_env()) == ""  # not asked yet: nothing is made up
+    assert await engine.version() == "crosvm 0.1.0-qemu-double"
+    assert engine.vmm_version(make_env()) == "crosvm 0.1.0-qemu-double"
+    result = TestResult(test="t", suite="s", environment="crosvm-env", engine="crosvm",
+                        arch="x86_64", blocking=False, vmm_version=engine.vmm_version(make_env()))
+    assert TestResult.from_json(result.to_json()).vmm_version == "crosvm 0.1.0-qemu-double"
+    props = _suite_properties(RunResult(results=[result], out_dir=tmp_path), [result])
+    assert props["vmm_version"] == "crosvm 0.1.0-qemu-double"
+
+
+def test_harness_doctor_runs_the_parser_check(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness doctor` puts every crosvm environment's planned command line through the
+    parser check and prints the version (here the double's; tests/test_real_crosvm.py does
+    the same with a real crosvm). No probe boot: the verdicts are recorded beforehand."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "images").symlink_to(crosvm_mod.cache_dir() / "images")
+    data = json.loads((ROOT / "environments.json").read_text())
+    data["environments"] = {k: v for k, v in data["environments"].items()
+                            if v["engine"] == "crosvm"}
+    envfile = tmp_path / "environments.json"
+    envfile.write_text(json.dumps(data))
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("HARNESS_CROSVM", str(DOUBLE))
+    for env in environments.load(envfile):
+        CrosvmEngine().store_verdict(env, True, "recorded for this test")
+    proc = subprocess.run([sys.executable, "-m", "harness", "doctor", "--environments",
+                           str(envfile)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["crosvm"]
+    assert report["version"] == "crosvm 0.1.0-qemu-double"
+    assert set(report["parse_check"]) == set(data["environments"])
+    for name, said in report["parse_check"].items():
+        assert said.startswith("ok: parsed and validated"), (name, said)
+        assert "failed to open KVM device /nonexistent" in said
