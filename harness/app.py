@@ -396,7 +396,11 @@ def doctor_command(args: argparse.Namespace) -> int:
         crosvm = engines["crosvm"]
         doctor = getattr(crosvm, "doctor", None)
         if doctor is not None:
-            report["crosvm"] = await doctor(envs)
+            # The parser check: each crosvm environment's command line as `harness plan`
+            # prints it, through the real parser (CrosvmEngine.parse_check).
+            argvs = {env.name: _planned_argv(crosvm, env) for env in envs
+                     if env.engine == "crosvm"}
+            report["crosvm"] = await doctor(envs, argvs)
 
     anyio.run(gather, backend="asyncio")
     from harness import images
@@ -404,6 +408,20 @@ def doctor_command(args: argparse.Namespace) -> int:
     report["images"] = images.list_images()
     print(json.dumps(report, indent=1, default=str))
     return EXIT_OK
+
+
+def _planned_argv(engine: Engine, env: Environment) -> list[str]:
+    """`env`'s VMM command line as plan_command's `argv_for` builds it (image paths as built,
+    the workdir a placeholder)."""
+    from harness.runner import make_disk_paths
+
+    try:
+        image = image_for(env, build=False)
+    except HarnessError:
+        image = _unbuilt_image(env)
+    workdir = (Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"harness-{env.name}")
+    return engine.command(env, image, RunPaths(
+        workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
 
 
 def _count(n: int, noun: str) -> str:

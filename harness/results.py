@@ -134,6 +134,7 @@ class TestResult:
     label: str = ""
     accel: str = ""
     kernel: str = ""
+    vmm_version: str = ""  # what the VMM binary says its version is ("" where unknown)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     repro: str = ""
     folder: str = ""
@@ -184,6 +185,7 @@ class TestResult:
             "label": self.label,
             "accel": self.accel,
             "kernel": self.kernel,
+            "vmm_version": self.vmm_version,
             "tags": dict(self.tags),
             "repro": self.repro,
             "folder": self.folder,
@@ -204,6 +206,7 @@ class TestResult:
             label=d.get("label", ""),
             accel=d.get("accel", ""),
             kernel=d.get("kernel", ""),
+            vmm_version=d.get("vmm_version", ""),
             tags={str(k): str(v) for k, v in d.get("tags", {}).items()},
             repro=d.get("repro", ""),
             folder=d.get("folder", ""),

@@ -252,6 +252,8 @@ class Runner:
         engine = self.engines[env.engine]
         result.accel = engine.accel(env)
         result.kernel = state.image.kernel_version
+        vmm_version = getattr(engine, "vmm_version", None)  # engines that can tell (crosvm)
+        result.vmm_version = vmm_version(env) if vmm_version is not None else ""
         test = self.tests.get(run.spec.name)
         guest = shared if (shared is not None and shared.running) else None
         keep: Guest | None = None

@@ -4,12 +4,17 @@ What is expected is `Guest.expected_devices()`: the environment's device configu
 what the engine always adds (crosvm's pvpanic, RTC and UARTs). What is seen comes from the
 guest itself, in one command whose output a pure parser turns into device kinds, so a
 failure can be re-judged from the saved text (`enumeration.txt` in the test's folder)
-without booting anything.
+without booting anything. On Linux guests, the devices the VMM always adds must also be the
+ones that VMM really presents (harness/expected_devices.py): crosvm's pvpanic is the PCI
+function 1b36:0011, its arm64 UARTs are 8250s (ttyS) and its arm64 RTC a PL030, so a
+PL011 or an ISA pvpanic is not crosvm's machine.
 
 Linux: PCI functions (vendor, device, class from /sys/bus/pci/devices), virtio devices by
 type (/sys/bus/virtio/devices/*/device), UARTs that the serial core found hardware behind
-(/proc/tty/driver/*), RTCs (/sys/class/rtc/*/name), ACPI ids (QEMU0001 is the ISA
-pvpanic, which is on no PCI bus) and DRM connectors. Zircon: `lspci -n` and
+(/proc/tty/driver/*), RTCs (/sys/class/rtc/*/name), AMBA devices by their peripheral id
+and bound driver (/sys/bus/amba/devices/*/uevent: an arm64 PL030 RTC shows there even
+where the kernel has no driver for it), ACPI ids (QEMU0001 is the ISA pvpanic, which is
+on no PCI bus) and DRM connectors. Zircon: `lspci -n` and
 `driver list --loaded`, the same facts through Fuchsia's own tools; its serial port is
 the console the commands ran on (Zircon drives the arm64 PL011 in the kernel, so no
 driver lists it), and QEMU's ISA pvpanic on x86 is invisible to both tools, so it is
@@ -20,7 +25,8 @@ lists from Fuchsia; the crosvm x64 list is the project's own, from crosvm's devi
 
 Judgement, one JUnit case per device kind:
 
-- `present.KIND` for every expected kind: missing fails, with what was seen instead.
+- `present.KIND` for every expected kind: missing fails, with what was seen instead; so
+  does a device the VMM always adds seen only as some other model of that kind.
 - `absent.KIND` for every kind the configuration lists under `absent`: seeing it fails
   (crosvm's `--no-rng`, `--no-balloon`, `--no-usb` must really remove the device).
 - Anything else seen is reported in a note and the `unexpected_devices` property, not
@@ -39,8 +45,9 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from harness.expected_devices import PlatformDevice, platform
 from harness.suite import Requirements, TestContext, guest_test
 
 # -- what the kinds are -----------------------------------------------------------------------
@@ -74,6 +81,15 @@ _LEGACY_VIRTIO_IDS: dict[int, int] = {
 PVPANIC_PCI = (0x1B36, 0x0011)
 PVPANIC_ACPI_HID = "QEMU0001"
 XHCI_CLASS = 0x0C0330  # serial bus controller, USB, programming interface xHCI
+
+# AMBA peripheral ids (the low 20 bits, as Linux matches them) -> (kind, model, chipset).
+AMBA_KINDS: dict[int, tuple[str, str, bool]] = {
+    0x00041011: ("serial", "PL011", False),
+    0x00041030: ("rtc", "PL030", False),
+    0x00041031: ("rtc", "PL031", False),
+    0x00041061: ("gpio", "PL061", True),  # QEMU virt's GPIO controller: the board's
+}
+AMBA_ID_MASK = 0x000FFFFF
 
 # The machine itself, not a peripheral: q35's ICH9 functions that -nodefaults keeps.
 # (Bridges of every kind, class 0x06, are chipset too; see classify_pci.)
@@ -157,6 +173,7 @@ LINUX_SOURCES = (
     "/sys/bus/virtio/devices/*/device",
     "/proc/tty/driver/*",
     "/sys/class/rtc/*/name",
+    "/sys/bus/amba/devices/*/uevent",
     "/sys/bus/acpi/devices/*/hid",
     "/sys/class/drm/*/status",
 )
@@ -168,6 +185,8 @@ _VIRTIO = re.compile(r"^/sys/bus/virtio/devices/(?P<dev>[^/\s]+)/device:(?P<valu
 _TTY = re.compile(r"^/proc/tty/driver/(?P<driver>[^:/\s]+):(?P<line>\d+): uart:(?P<uart>\S+)"
                   r"(?P<rest>.*)$")
 _RTC = re.compile(r"^/sys/class/rtc/(?P<rtc>rtc\d+)/name:(?P<name>.+?)\s*$")
+_AMBA = re.compile(r"^/sys/bus/amba/devices/(?P<dev>[^/\s]+)/uevent:(?P<key>AMBA_ID|DRIVER)="
+                   r"(?P<value>\S+)")
 _ACPI = re.compile(r"^/sys/bus/acpi/devices/(?P<dev>[^/\s]+)/hid:(?P<hid>\S+)")
 _DRM = re.compile(r"^/sys/class/drm/(?P<conn>card\d+-[^/\s]+)/status:(?P<status>\S+)")
 _UART_WHERE = re.compile(r"\b(?:port|mmio):(\S+)")
@@ -179,6 +198,7 @@ def parse_linux(text: str) -> Inventory:
     """The output of LINUX_COMMAND -> what the guest has. Lines it does not know are ignored
     (console noise cannot add a device; it can only fail to remove one)."""
     pci: dict[str, dict[str, int]] = {}
+    amba: dict[str, dict[str, str]] = {}
     devices: list[Seen] = []
     connectors: list[tuple[str, str]] = []
     for raw in text.splitlines():
@@ -197,6 +217,8 @@ def parse_linux(text: str) -> Inventory:
             devices.append(Seen("serial", "tty", detail))
         elif m := _RTC.match(line):
             devices.append(Seen("rtc", "rtc", f"{m['rtc']} {m['name']}"))
+        elif m := _AMBA.match(line):
+            amba.setdefault(m["dev"], {})[m["key"]] = m["value"]
         elif m := _ACPI.match(line):
             if m["hid"] == PVPANIC_ACPI_HID:
                 devices.append(Seen("pvpanic", "acpi", f"{m['dev']} (ISA pvpanic)"))
@@ -208,6 +230,18 @@ def parse_linux(text: str) -> Inventory:
         vendor, device, klass = attrs["vendor"], attrs["device"], attrs.get("class", 0)
         kind, chipset = classify_pci(vendor, device, klass)
         devices.append(Seen(kind, "pci", f"{bdf} [{vendor:04x}:{device:04x}] class {klass:06x}",
+                            chipset=chipset))
+    for dev, attrs in sorted(amba.items()):
+        if "AMBA_ID" not in attrs:
+            continue
+        try:
+            periphid = int(attrs["AMBA_ID"], 16)
+        except ValueError:
+            continue
+        kind, model, chipset = AMBA_KINDS.get(periphid & AMBA_ID_MASK,
+                                              (f"amba-{periphid:08x}", "unknown", False))
+        driver = f"driver {attrs['DRIVER']}" if "DRIVER" in attrs else "no driver"
+        devices.append(Seen(kind, "amba", f"{dev} {model} (AMBA id {periphid:08x}, {driver})",
                             chipset=chipset))
     return Inventory(tuple(devices), tuple(connectors))
 
@@ -425,20 +459,34 @@ class Verdict:
         return f"{self.group}.{self.kind}"
 
 
-def judge(inventory: Inventory, expected: Iterable[str], absent: Iterable[str]
+def judge(inventory: Inventory, expected: Iterable[str], absent: Iterable[str],
+          models: Mapping[str, PlatformDevice] | None = None
           ) -> tuple[list[Verdict], list[str]]:
-    """Cases for expected and forbidden kinds, plus the unexpected kinds (reported only)."""
+    """Cases for expected and forbidden kinds, plus the unexpected kinds (reported only).
+
+    `models`: for the kinds the VMM always adds, the device it really presents; then one
+    piece of the guest's evidence must be that device (Linux inventories only).
+    """
     expected = sorted(set(expected))
     absent = sorted(set(absent))
+    models = models or {}
     seen = inventory.kinds()
     verdicts = []
     for kind in expected:
-        if kind in seen:
-            verdicts.append(Verdict("present", kind, True, "; ".join(inventory.evidence(kind))))
-        else:
+        evidence = inventory.evidence(kind)
+        model = models.get(kind)
+        if kind in seen and (model is None or any(model.matches(e) for e in evidence)):
+            verdicts.append(Verdict("present", kind, True, "; ".join(evidence)))
+        elif kind in seen:
+            assert model is not None
             verdicts.append(Verdict("present", kind, False,
-                                    f"{kind} is expected but the guest does not show it; "
-                                    f"it shows: {inventory.describe()}"))
+                                    f"{kind} is seen only as {'; '.join(evidence)}, which is "
+                                    f"not {model.model}"))
+        else:
+            wanted = f" ({model.model})" if model is not None else ""
+            verdicts.append(Verdict("present", kind, False,
+                                    f"{kind}{wanted} is expected but the guest does not show "
+                                    f"it; it shows: {inventory.describe()}"))
     for kind in absent:
         if kind in seen:
             verdicts.append(Verdict("absent", kind, False,
@@ -474,7 +522,11 @@ async def test_devices(t: TestContext) -> None:
     assert inventory.devices, f"the enumeration printed nothing usable:\n{raw[-2000:]}"
 
     expected = g.expected_devices()
-    verdicts, unexpected = judge(inventory, expected, t.env.devices.absent)
+    # The evidence strings the models match are the Linux parser's; Zircon's tools name
+    # drivers, not models, so there only the kinds are judged.
+    models = platform(t.env.engine, t.env.arch) if t.env.profile != "zircon" else {}
+    models = {k: m for k, m in models.items() if k in g.engine.implicit_devices(t.env)}
+    verdicts, unexpected = judge(inventory, expected, t.env.devices.absent, models)
     for v in verdicts:
         t.case(v.kind, v.ok, v.message, suite=v.group)
 

@@ -39,6 +39,7 @@ DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
 BOOT_MARKER = re.compile(rb"HARNESS-BOOT-OK boot_id=[0-9a-f-]{36}")
 PROMPT = b"harness# "
 BOOT_TIMEOUT_S = 120.0  # TCG on a shared 2-core machine; a boot normally takes 2-6 s
+CONTROL_DEADLINE_S = 8.0  # a refused control request comes back at once, not at a deadline
 MIB = 1024 * 1024
 
 # x86_64: the cloud kernel (fastest boot; ACPI button and pvpanic modules).
@@ -225,12 +226,21 @@ async def run_double(*args: str, timeout: float = 30.0) -> subprocess.CompletedP
 
 
 @needs_qemu
-async def test_powerbtn_powers_the_guest_off(images: dict[str, GuestImage],
-                                             tmp_path: Path) -> None:
+async def test_powerbtn_powers_x86_off_and_arm64_has_none(images: dict[str, GuestImage],
+                                                          tmp_path: Path) -> None:
+    """x86_64: crosvm's ACPI power button; the guest powers itself off (0). arm64: crosvm's VM
+    has no ACPI PM device, and `crosvm powerbtn` answers ENOTSUP, os error 95."""
     results: dict[str, tuple[int, bool, str, str]] = {}
+    refused: dict[str, str] = {}
 
     async def one(arch: str) -> None:
         async with booted(make_env(arch), images[arch], tmp_path / arch) as g:
+            if arch == "arm64":
+                with pytest.raises(Unsupported, match="os error 95") as e:
+                    await g.vmm.power_button()
+                refused[arch] = str(e.value)
+                assert g.vmm.returncode is None  # nothing happened to the VM
+                return
             await g.vmm.power_button()
             rc = await g.wait_exit(60)
             results[arch] = (rc, g.paths.control_socket.exists(), g.stderr(),
@@ -239,12 +249,13 @@ async def test_powerbtn_powers_the_guest_off(images: dict[str, GuestImage],
     async with anyio.create_task_group() as tg:
         for arch in ("x86_64", "arm64"):
             tg.start_soon(one, arch)
-    for arch, (rc, socket_left, stderr, console) in results.items():
-        assert rc == 0, f"{arch}: {stderr}"
-        assert CrosvmEngine().classify_exit(rc).kind is ExitKind.STOP
-        # The guest itself powered off (acpid ran poweroff), not the VMM on its own.
-        assert "reboot: Power down" in console, f"{arch} console:\n{console[-1500:]}"
-        assert not socket_left, f"{arch}: crosvm removes its socket on an orderly exit"
+    rc, socket_left, stderr, console = results["x86_64"]
+    assert rc == 0, stderr
+    assert CrosvmEngine().classify_exit(rc).kind is ExitKind.STOP
+    # The guest itself powered off (acpid ran poweroff), not the VMM on its own.
+    assert "reboot: Power down" in console, console[-1500:]
+    assert not socket_left, "crosvm removes its socket on an orderly exit"
+    assert "Powerbtn" in refused["arm64"] or "not supported" in refused["arm64"].lower()
 
 
 # -- guest-initiated exits ----------------------------------------------------------------------
@@ -283,6 +294,39 @@ async def test_guest_reboot_panic_and_plain_status(images: dict[str, GuestImage]
     for name, (rc, stderr) in results.items():
         assert rc == expected[name][0], f"{name}: {stderr}"
         assert engine.classify_exit(rc).kind is expected[name][1]
+    # 34 came from the reset the guest's panic=1 made, after the pvpanic was recorded.
+    stderr = results["x86-panic"][1]
+    recorded = stderr.index("Guest reported panic [Code: Guest panicked]")
+    assert stderr.index("vcpu requested reset") > recorded
+    assert stderr.rstrip().endswith("exiting with guest panic")
+
+
+@needs_qemu
+async def test_pvpanic_under_the_halt_policy_keeps_crosvm_running(
+        images: dict[str, GuestImage], tmp_path: Path) -> None:
+    """crosvm only records a pvpanic: a guest that panics and halts (panic=0) keeps the VM
+    running and answering control, and `crosvm stop` then exits 0, not 34."""
+    env = dataclasses.replace(make_env("x86_64"), panic_policy="halt")
+    async with booted(env, images["x86_64"], tmp_path / "g") as g:
+        # The guest's pvpanic is crosvm's PCI device (1b36:0011), driven by pvpanic-pci.
+        pci = await g.console.run("cat /sys/bus/pci/drivers/pvpanic-pci/*/vendor "
+                                  "/sys/bus/pci/drivers/pvpanic-pci/*/device")
+        assert "0x1b36" in pci and "0x0011" in pci, pci
+        os.write(g.console.master, b"echo c > /proc/sysrq-trigger\n")
+        await g.console.expect(b"Kernel panic - not syncing", 30)
+        with anyio.fail_after(30):
+            while "Guest reported panic [Code: Guest panicked]" not in g.stderr():
+                assert g.vmm.returncode is None, g.stderr()
+                await anyio.sleep(0.1)
+        # Still running, and still answering control requests.
+        await g.vmm.suspend()
+        await g.vmm.resume()
+        assert g.vmm.returncode is None
+        with anyio.fail_after(30):
+            await g.vmm.stop(timeout=20)
+        assert g.vmm.returncode == 0, g.stderr()
+        assert (await g.vmm.exit_info(0)).kind is ExitKind.STOP
+        assert "exiting with guest panic" not in g.stderr()
 
 
 # -- host control -------------------------------------------------------------------------------
@@ -316,14 +360,19 @@ async def test_stop_and_balloon_round_trip(images: dict[str, GuestImage], tmp_pa
             while (await g.vmm.balloon_stats())["balloon_actual"] != 0:
                 await anyio.sleep(0.2)
 
-        # Suspended vCPUs run nothing the console asked for until resumed.
+        # Suspended vCPUs run nothing the console asked for until resumed, and give no
+        # balloon report: crosvm's balloon_stats waits for one, past the caller's deadline.
         await g.vmm.suspend()
         start = len(g.console.data)
         os.write(g.console.master, b"echo RESUMED-$((6*7))\n")
-        await anyio.sleep(1.0)
+        g.vmm.control_timeout_s = 3.0
+        with pytest.raises(crosvm_mod.ControlTimeout, match="gave none"):
+            await g.vmm.balloon_stats()
+        g.vmm.control_timeout_s = crosvm_mod.CONTROL_TIMEOUT_S
         assert b"RESUMED-42" not in g.console.data[start:]
         await g.vmm.resume()
         await g.console.expect(b"RESUMED-42", 20, start)
+        assert (await g.vmm.balloon_stats())["balloon_actual"] == 0
 
         with anyio.fail_after(30):
             await g.vmm.stop(timeout=20)
@@ -355,6 +404,7 @@ async def test_killed_vmm_takes_qemu_along_and_leaves_its_socket(
         rc = await g.wait_exit(10)
         assert rc == -signal.SIGKILL
         assert CrosvmEngine().classify_exit(rc).kind is ExitKind.KILLED
+        assert (await g.vmm.exit_info(rc)).kind is ExitKind.KILLED  # its log says nothing
         with anyio.fail_after(10):
             while any(alive(p) for p in qemu):
                 await anyio.sleep(0.05)
@@ -369,6 +419,46 @@ async def test_killed_vmm_takes_qemu_along_and_leaves_its_socket(
         with anyio.fail_after(30):
             await g2.vmm.stop(timeout=20)
         assert g2.vmm.returncode == 0
+
+
+@needs_qemu
+async def test_balloon_before_the_guest_driver_is_refused(images: dict[str, GuestImage],
+                                                         tmp_path: Path) -> None:
+    """A guest whose kernel never loads virtio_balloon: crosvm answers ENOTCONN at once."""
+    env = dataclasses.replace(make_env("x86_64"), kernel_args=("module_blacklist=virtio_balloon",))
+    async with booted(env, images["x86_64"], tmp_path / "g") as g:
+        mods = await g.console.run("cat /proc/modules")
+        assert "virtio_balloon" not in mods
+        with anyio.fail_after(CONTROL_DEADLINE_S):
+            with pytest.raises(HarnessError, match="has not set the device up") as e:
+                await g.vmm.balloon_stats()
+        assert '"Err": 107' in str(e.value)  # ENOTCONN, as balloon_stats prints the reply
+        assert not isinstance(e.value, crosvm_mod.ControlTimeout)
+
+
+@needs_qemu
+async def test_crosvms_own_signal_deaths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """crosvm's panic aborts it (SIGABRT); its cleanup can SIGKILL its own group after the VM
+    ended. Each is classified from its log, not as someone else's kill."""
+    kernel = triple_fault_kernel(tmp_path / "triple.bzImage")
+    image = GuestImage("triple", "x86_64", kernel, None)
+    env = make_env("x86_64", {"serial": {"count": 1}})
+    infos = {}
+    for fault in ("panic", "cleanup-sigkill"):
+        monkeypatch.setenv("CROSVM_DOUBLE_FAULT", fault)
+        async with booted(env, image, tmp_path / fault, wait_boot=False) as g:
+            rc = await g.wait_exit(60)
+            infos[fault] = (rc, await g.vmm.exit_info(rc), g.stderr())
+    rc, info, stderr = infos["panic"]
+    assert rc == -signal.SIGABRT, stderr
+    assert info.kind is ExitKind.CRASH and info.infra
+    assert "internal panic" in info.explanation and "panicked at" in info.explanation
+    rc, info, stderr = infos["cleanup-sigkill"]
+    assert rc == -signal.SIGKILL, stderr
+    # The triple fault had ended the VM (a stop); crosvm's cleanup then killed its group.
+    assert info.kind is ExitKind.STOP, info
+    assert "its own process group" in info.explanation
+    assert "vcpu requested shutdown" in info.explanation
 
 
 @needs_qemu

@@ -9,22 +9,25 @@ argh-style parser, which validates every keyvalue field the way crosvm does.
 from __future__ import annotations
 
 import gzip
-import importlib.machinery
-import importlib.util
+import json
 import os
+import re
 import shutil
 import socket
 import stat
 import struct
+import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
 import pytest
+from crosvm_double import cmdline as double
+from crosvm_double.keyvalues import KeyValueError
 from crosvm_double.triple_fault import triple_fault_kernel
 
+from harness import environments
 from harness.engines import crosvm as crosvm_mod
 from harness.engines.base import ExitKind, RunPaths
 from harness.engines.crosvm import (
@@ -39,14 +42,22 @@ from harness.engines.crosvm import (
 from harness.environments import DeviceConfig, Environment, ImageRef
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
+from harness.report.junit import _suite_properties
+from harness.results import RunResult, TestResult
 
+ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
 
-# crosvm's deprecated flags (src/crosvm/cmdline.rs): still accepted, with a warning.
+# crosvm's deprecated `run` flags (src/crosvm/cmdline.rs at f1e797a): the fields documented
+# "(DEPRECATED)" and those whose use logs "... is deprecated". Still accepted, with a warning.
 SPEC_DEPRECATED = {
-    "--disk", "--root", "--rwdisk", "--rwroot", "--cid", "--host-ip", "--netmask", "--mac",
-    "--tap-name", "--tap-fd", "--vhost-net", "--kvm-device", "--split-irqchip", "--gpu-display",
-    "--pmem-device", "--vhost-vsock-device",
+    "--cid", "--cpu-cluster", "--disk", "--gpu-display", "--host-ip", "--kvm-device", "--mac",
+    "--mte", "--net-vq-pairs", "--netmask", "--oem-strings", "--pmem-device", "--root",
+    "--rw-pmem-device", "--rwdisk", "--rwroot", "--split-irqchip", "--syslog-tag", "--tap-fd",
+    "--tap-name", "--vfio-platform", "--vhost-net", "--vhost-vsock-device", "--vhost-vsock-fd",
+    # warned about when used, without the doc marker
+    "--single-touch", "--multi-touch", "--trackpad", "--mouse", "--keyboard", "--switches",
+    "--rotary", "--evdev", "--vhost-net-device", "--pci-start",
 }
 SPEC_GLOBAL_FLAGS = {"--extended-status", "--log-level", "--syslog-tag", "--no-syslog"}
 
@@ -57,22 +68,6 @@ FULL = {
     "xhci": {},
 }
 MINIMAL = {"serial": {"count": 1}, "rtc": {}, "pvpanic": {}}
-
-
-def load_double() -> ModuleType:
-    """The double is an executable without a .py suffix; load it as a module to use its parser."""
-    loader = importlib.machinery.SourceFileLoader("crosvm_double_cli", str(DOUBLE))
-    spec = importlib.util.spec_from_loader("crosvm_double_cli", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["crosvm_double_cli"] = module  # its dataclasses look their module up by name
-    loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def double() -> ModuleType:
-    return load_double()
 
 
 def make_env(arch: str = "x86_64", devices: dict[str, dict[str, Any]] | None = None, *,
@@ -140,8 +135,7 @@ ENGINE = CrosvmEngine(binary=str(DOUBLE))
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
 @pytest.mark.parametrize("devices", [FULL, MINIMAL], ids=["full", "minimal"])
-def test_argv_follows_crosvm_rules(tmp_path: Path, arch: str, devices: dict[str, Any],
-                                   double: ModuleType) -> None:
+def test_argv_follows_crosvm_rules(tmp_path: Path, arch: str, devices: dict[str, Any]) -> None:
     image = make_image(tmp_path, arch)
     paths = paths_for(tmp_path, disks=2 if "virtio-blk" in devices else 0)
     argv = ENGINE.command(make_env(arch, devices), image, paths)
@@ -172,17 +166,17 @@ def test_argv_follows_crosvm_rules(tmp_path: Path, arch: str, devices: dict[str,
     assert set(run_opts) <= set(double.RUN_OPTIONS)
 
 
-def test_engine_and_double_agree_with_the_spec_on_deprecated_flags(double: ModuleType) -> None:
+def test_engine_and_double_agree_with_the_spec_on_deprecated_flags() -> None:
     assert set(DEPRECATED_RUN_OPTIONS) == SPEC_DEPRECATED
     assert set(double.DEPRECATED_RUN_OPTIONS) == SPEC_DEPRECATED
     assert not RUN_OPTIONS & SPEC_DEPRECATED
 
 
-def test_console_serial_reads_stdin(tmp_path: Path, double: ModuleType) -> None:
+def test_console_serial_reads_stdin(tmp_path: Path) -> None:
     argv = ENGINE.command(make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path))
     consoles = []
     for value in option_values(argv, "--serial"):
-        params = double.validate_serial(double.parse_keyvalues(value, double.SERIAL))
+        params = double.parse_serial(value)
         if params.get("console"):
             consoles.append(params)
     assert len(consoles) == 1
@@ -214,9 +208,11 @@ def test_devices_map_to_crosvm_options(tmp_path: Path) -> None:
     assert "--net" not in no_tap
 
 
-def test_keyvalue_values_are_quoted_when_they_would_split(tmp_path: Path,
-                                                          double: ModuleType) -> None:
-    odd = tmp_path / 'a,b=c"d\\e[f]'
+@pytest.mark.parametrize("name", ['a,b=c"d\\e[f]', "it's", 'say "hi"', "plain=ok \\ back"])
+def test_keyvalue_values_are_quoted_as_serde_keyvalue_needs(tmp_path: Path, name: str) -> None:
+    """Every disk path comes back whole through serde_keyvalue's grammar (the double's port
+    of serde_keyvalue/src/key_values.rs), apostrophes and double quotes included."""
+    odd = tmp_path / name
     odd.mkdir()
     disk = odd / "disk.img"
     disk.write_bytes(b"\0" * 512)
@@ -224,7 +220,19 @@ def test_keyvalue_values_are_quoted_when_they_would_split(tmp_path: Path,
     (tmp_path / "work").mkdir()
     argv = ENGINE.command(make_env(devices=MINIMAL), make_image(tmp_path, "x86_64"), paths)
     [value] = option_values(argv, "--block")
-    assert double.parse_keyvalues(value, double.BLOCK) == {"path": str(disk)}
+    assert double.keyvalues(value, double.BLOCK) == {"path": str(disk)}
+
+
+@pytest.mark.parametrize(("value", "position"), [
+    ("path=/tmp/it's/disk.img", 12),
+    ('path=/tmp/say "hi"/disk.img', 14),
+])
+def test_serde_keyvalue_refuses_a_quote_in_an_unquoted_value(value: str, position: int) -> None:
+    """What crosvm does with an unquoted `'` or `"`: a parse error (exit 35), at the quote."""
+    with pytest.raises(KeyValueError) as e:
+        double.keyvalues(value, double.BLOCK)
+    assert str(e.value) == (f"\" and ' can only be used in quoted strings at position "
+                            f"{position}")
 
 
 def test_params_carry_profile_then_environment_args(tmp_path: Path) -> None:
@@ -266,12 +274,14 @@ def test_gzip_arm64_image_is_refused(tmp_path: Path) -> None:
     (0, ExitKind.STOP, "triple-fault"),
     (32, ExitKind.RESET, "launches it again"),
     (33, ExitKind.CRASH, "vCPU"),
-    (34, ExitKind.PANIC, "pvpanic"),
-    (35, ExitKind.INVALID_ARGS, "invalid arguments"),
+    (34, ExitKind.PANIC, "next reset or power-off"),
+    (35, ExitKind.INVALID_ARGS, "could not parse its command line"),
     (36, ExitKind.WATCHDOG, "stall detector"),
-    (1, ExitKind.ERROR, "building the VM"),
+    (1, ExitKind.ERROR, "after parsing its command line"),
     (-15, ExitKind.KILLED, "SIGTERM"),
     (-9, ExitKind.KILLED, "SIGKILL"),
+    (-6, ExitKind.CRASH, "internal panic"),
+    (-11, ExitKind.CRASH, "a fault in crosvm itself"),
     (7, ExitKind.ERROR, "does not define"),
 ])
 def test_exit_classification(rc: int, kind: ExitKind, words: str) -> None:
@@ -282,6 +292,52 @@ def test_exit_classification(rc: int, kind: ExitKind, words: str) -> None:
     assert "\n" not in info.explanation
     assert info.infra is (kind in (ExitKind.INVALID_ARGS, ExitKind.ERROR, ExitKind.KILLED,
                                    ExitKind.CRASH))
+
+
+def test_configuration_errors_are_1_and_only_argh_failures_are_35() -> None:
+    """src/main.rs: 35 is argh's parse failure alone; what crosvm refuses after parsing
+    (cmdline.rs TryFrom, validate_config) is an error, status 1. The explanations say so."""
+    assert "two `stdin` serials" in ENGINE.classify_exit(1).explanation
+    assert "two root disks" in ENGINE.classify_exit(1).explanation
+    assert "stdin" not in ENGINE.classify_exit(35).explanation
+    assert "argh" in ENGINE.classify_exit(35).explanation
+
+
+def test_signal_deaths_read_crosvms_own_words() -> None:
+    """A SIGABRT is crosvm's panic (with its message); a SIGKILL its cleanup's when the log
+    says so (the run loop's last event keeps its meaning: a reset still relaunches); any
+    other SIGKILL came from outside."""
+    log = (b"[t INFO  crosvm] vcpu requested reset\n"
+           b"[t WARN  crosvm] not all child processes have exited; sending SIGKILL\n")
+    info = crosvm_mod.classify(-9, log)
+    assert info.kind is ExitKind.RESET and "its own process group" in info.explanation
+    panicked = b"[t INFO  crosvm] Guest reported panic [Code: Guest panicked]\n" + log
+    assert crosvm_mod.classify(-9, panicked).kind is ExitKind.PANIC
+    stopped = b"[t WARN  crosvm] not all child processes have exited; sending SIGKILL\n"
+    assert crosvm_mod.classify(-9, stopped).kind is ExitKind.ERROR
+    assert crosvm_mod.classify(-9, b"[t INFO  crosvm] vcpu requested reset\n").kind is \
+        ExitKind.KILLED
+    abort = crosvm_mod.classify(-6, b"[t ERROR crosvm] thread 'main' panicked at src/a.rs:1:2:\n"
+                                    b"[t ERROR crosvm] index out of bounds\n")
+    assert abort.kind is ExitKind.CRASH
+    assert "'panicked at src/a.rs:1:2: index out of bounds'" in abort.explanation
+
+
+def test_readme_exit_table_agrees_with_the_engine() -> None:
+    """The README's crosvm exit-status table, the engine's meanings and the double's codes."""
+    from crosvm_double import base as double_base
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## crosvm"):]
+    rows = re.findall(r"^\| (-?\d+|< 0) \| ([a-z /-]+?) \| (.+?) \|$", section, re.MULTILINE)
+    table = {code: kind for code, kind, _ in rows}
+    engine = {str(code): kind.value for code, (kind, _) in crosvm_mod._EXITS.items()}
+    assert {k: v for k, v in table.items() if k != "< 0"} == engine
+    signals = {crosvm_mod.classify(-sig).kind.value for sig in (6, 9, 11, 15)}
+    assert set(table["< 0"].split(" / ")) == signals
+    assert {double_base.EXIT_STOP, double_base.EXIT_ERROR, double_base.EXIT_RESET,
+            double_base.EXIT_CRASH, double_base.EXIT_PANIC, double_base.EXIT_INVALID_ARGS,
+            double_base.EXIT_WATCHDOG} == set(crosvm_mod._EXITS)
 
 
 # -- binary lookup and availability ------------------------------------------------------------
@@ -429,16 +485,10 @@ async def test_launch_removes_a_stale_control_socket(tmp_path: Path) -> None:
     assert not paths.control_socket.exists()
 
 
-def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts(double: ModuleType
-                                                                       ) -> None:
+def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts() -> None:
     """`harness plan --json --device-type crosvm`: x86_64 and arm64 argv, as crosvm parses them."""
-    import json
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "harness", "plan", "--json", "--device-type",
-                           "crosvm"], cwd=root, capture_output=True, text=True, check=True)
+                           "crosvm"], cwd=ROOT, capture_output=True, text=True, check=True)
     runs = json.loads(proc.stdout)["runs"]
     arches = set()
     for run in runs:
@@ -448,8 +498,55 @@ def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts(double: Mo
         assert argv[1:run_at] == ["--extended-status", "--log-level", "info", "--no-syslog"]
         _global_opts, run_opts = split_options(argv)
         assert not set(run_opts) & SPEC_DEPRECATED
+        # No `_` in a flag: crosvm rewrites only `--host_ip`; argh knows only `-` spellings.
+        assert not [a for a in argv if a.startswith("--") and "_" in a]
         _, rest = double.parse_globals(double.prepare_args(argv[1:]))
         cfg = double.parse_run(rest[1:])
-        assert cfg.kernel == argv[-1]
+        assert cfg is not None and cfg.kernel == argv[-1]
         arches.add(run["arch"])
     assert arches == {"x86_64", "arm64"}
+
+
+# -- version and doctor --------------------------------------------------------------------------
+
+
+async def test_vmm_version_is_recorded_once_known(tmp_path: Path) -> None:
+    """The version crosvm reports is what results record (a JUnit testsuite property)."""
+    engine = CrosvmEngine(binary=str(DOUBLE))
+    assert engine.vmm_version(make_env()) == ""  # not asked yet: nothing is made up
+    assert await engine.version() == "crosvm 0.1.0-qemu-double"
+    assert engine.vmm_version(make_env()) == "crosvm 0.1.0-qemu-double"
+    result = TestResult(test="t", suite="s", environment="crosvm-env", engine="crosvm",
+                        arch="x86_64", blocking=False, vmm_version=engine.vmm_version(make_env()))
+    assert TestResult.from_json(result.to_json()).vmm_version == "crosvm 0.1.0-qemu-double"
+    props = _suite_properties(RunResult(results=[result], out_dir=tmp_path), [result])
+    assert props["vmm_version"] == "crosvm 0.1.0-qemu-double"
+
+
+def test_harness_doctor_runs_the_parser_check(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harness doctor` puts every crosvm environment's planned command line through the
+    parser check and prints the version (here the double's; tests/test_real_crosvm.py does
+    the same with a real crosvm). No probe boot: the verdicts are recorded beforehand."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "images").symlink_to(crosvm_mod.cache_dir() / "images")
+    data = json.loads((ROOT / "environments.json").read_text())
+    data["environments"] = {k: v for k, v in data["environments"].items()
+                            if v["engine"] == "crosvm"}
+    envfile = tmp_path / "environments.json"
+    envfile.write_text(json.dumps(data))
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    monkeypatch.setenv("HARNESS_CROSVM", str(DOUBLE))
+    for env in environments.load(envfile):
+        CrosvmEngine().store_verdict(env, True, "recorded for this test")
+    proc = subprocess.run([sys.executable, "-m", "harness", "doctor", "--environments",
+                           str(envfile)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["crosvm"]
+    assert report["version"] == "crosvm 0.1.0-qemu-double"
+    assert set(report["parse_check"]) == set(data["environments"])
+    for name, said in report["parse_check"].items():
+        assert said.startswith("ok: parsed and validated"), (name, said)
+        assert "failed to open KVM device /nonexistent" in said

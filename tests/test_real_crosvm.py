@@ -1,9 +1,17 @@
-"""The suites against a real crosvm, wherever one exists and KVM works.
+"""The harness against a real crosvm, wherever one exists (HARNESS_CROSVM, then PATH).
 
-Runs where a crosvm binary is found (HARNESS_CROSVM, then PATH, as the engine looks;
-not the test double) and a probe boot with it under KVM reaches the shell; skipped
-with that reason otherwise.
-This is the test that tells whether crosvm is first-class on a given builder.
+Two levels, each skipped with its reason where it cannot run:
+
+- The parser check needs only the binary: every command line `harness plan --device-type
+  crosvm --json` prints, run by the real crosvm with `--hypervisor kvm[device=/nonexistent]`
+  right after `run`, must get past argh and every configuration check and stop at opening
+  KVM: exit 1 with "failed to open KVM device /nonexistent" (crosvm f1e797a,
+  src/crosvm/sys/linux.rs run_kvm). A 35, or a 1 with other words, is the harness writing
+  something crosvm refuses. `harness doctor` runs the same check.
+- The suites need a working KVM too (a probe boot with that crosvm reaching the shell).
+  This is the test that tells whether crosvm is first-class on a given builder; it also
+  catches what the test double cannot imitate (tests/crosvm_double/README.md): arm64's 8250
+  console (`ttyS0`), its PL030 RTC, the absent arm64 power button.
 """
 
 from __future__ import annotations
@@ -20,25 +28,35 @@ import anyio
 import pytest
 
 from harness import environments
-from harness.engines.crosvm import CrosvmEngine
+from harness.engines.crosvm import (
+    PARSE_CHECK_EXPECTED,
+    CrosvmEngine,
+    parse_check_argv,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.integration
 
 
-def real_crosvm() -> str:
-    """The binary, or pytest.skip with the reason it cannot run here."""
+def real_crosvm_binary() -> str:
+    """The binary, found as the engine finds it; pytest.skip with the reason where none is."""
     binary = os.environ.get("HARNESS_CROSVM") or shutil.which("crosvm")
     if not binary:
         pytest.skip("no crosvm binary: HARNESS_CROSVM is not set and crosvm is not on PATH")
-    if not os.access(binary, os.X_OK):
+    if not os.access(binary, os.X_OK) or os.path.isdir(binary):
         pytest.skip(f"HARNESS_CROSVM={binary} is not an executable file")
     version = subprocess.run([binary, "version"], capture_output=True, text=True,
-                             check=False, timeout=30).stdout
+                             check=False, timeout=30, stdin=subprocess.DEVNULL).stdout
     if "double" in version:
         pytest.skip(f"HARNESS_CROSVM={binary} is the test double ({version.strip()}), "
                     "not a real crosvm")
+    return os.path.abspath(binary)
+
+
+def real_crosvm_with_kvm() -> str:
+    """The binary, where a probe boot with it under KVM also works; else pytest.skip."""
+    binary = real_crosvm_binary()
     arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x64"
     env = environments.load().get(f"crosvm-{arch}")
     reason = anyio.run(CrosvmEngine(binary).unavailable, env, backend="asyncio")
@@ -47,8 +65,52 @@ def real_crosvm() -> str:
     return binary
 
 
+def planned_command_lines(binary: str) -> dict[str, list[str]]:
+    """{environment: argv} from `harness plan --device-type crosvm --json`, one per environment."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "plan", "--device-type", "crosvm", "--json"],
+        cwd=ROOT, env={**os.environ, "HARNESS_CROSVM": binary}, capture_output=True, text=True,
+        timeout=300, check=True)
+    argvs: dict[str, list[str]] = {}
+    for run in json.loads(proc.stdout)["runs"]:
+        argvs.setdefault(run["environment"], run["argv"])
+    return argvs
+
+
+def test_every_planned_command_line_gets_past_the_real_parser() -> None:
+    binary = real_crosvm_binary()
+    argvs = planned_command_lines(binary)
+    assert argvs, "harness plan printed no crosvm run"
+    missing = sorted({p for argv in argvs.values() for p in argv[-1:] if not os.path.exists(p)})
+    if missing:
+        pytest.skip(f"guest images not built ({', '.join(missing)}): crosvm opens the kernel "
+                    f"before KVM, so the check cannot reach KVM; run `harness images build`")
+    refused = []
+    for env, argv in argvs.items():
+        assert argv[0] == binary
+        checked = parse_check_argv(argv)
+        result = subprocess.run(checked, capture_output=True, text=True, check=False,
+                                timeout=60, stdin=subprocess.DEVNULL)
+        if result.returncode != 1 or PARSE_CHECK_EXPECTED not in result.stderr:
+            refused.append(f"{env}: exit {result.returncode}\n  {' '.join(checked)}\n"
+                           f"{result.stderr.strip()[-2000:]}")
+    assert not refused, "real crosvm refuses planned command lines:\n" + "\n".join(refused)
+
+
+def test_doctor_runs_the_parser_check_and_reports_the_version() -> None:
+    """The engine's doctor (what `harness doctor` prints under "crosvm"), on the real binary."""
+    binary = real_crosvm_binary()
+    argvs = planned_command_lines(binary)
+    report = anyio.run(CrosvmEngine(binary).doctor, [], argvs, backend="asyncio")
+    assert report["version"] and report["version"].startswith("crosvm "), report
+    assert report["missing_options"] == []
+    assert set(report["parse_check"]) == set(argvs)
+    bad = {env: said for env, said in report["parse_check"].items() if not said.startswith("ok:")}
+    assert not bad, bad
+
+
 def test_suites_pass_on_real_crosvm(tmp_path: Path) -> None:
-    binary = real_crosvm()
+    binary = real_crosvm_with_kvm()
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "harness", "run", "--device-type", "crosvm", "--out", str(out)],

@@ -32,6 +32,15 @@ CROSVM_ENVS = ("crosvm-x64", "crosvm-arm64", "crosvm-x64-minimal")
 
 pytestmark = pytest.mark.integration
 
+# What the crosvm double cannot imitate (tests/crosvm_double/README.md): on arm64 QEMU's virt
+# board has a PL011 UART and a PL031 RTC where crosvm has 8250 UARTs on MMIO and a PL030. The
+# suites expect crosvm's machine and say so: exactly these cases fail there, and nothing else
+# may. (tests/test_real_crosvm.py runs the same suites on a real crosvm, where none fails.)
+DOUBLE_CANNOT_IMITATE = {
+    ("crosvm-arm64", "device_enumeration.devices"): {"present.serial", "present.rtc"},
+    ("crosvm-arm64", "peripherals.rtc"): {"rtc.device"},
+}
+
 
 class Run:
     def __init__(self, out: Path, proc: subprocess.CompletedProcess, tmp: Path) -> None:
@@ -107,8 +116,15 @@ def test_junit_validates(run: Run) -> None:
 def test_suite_passes_or_skips_with_a_reason(run: Run, env: str, suite: str) -> None:
     results = run.where(env, suite)
     assert results, f"{suite} did not run on {env}"
-    bad = [f"{t['name']}: {t['result']}: {run.message(t)}" for t in results
-           if t["result"] not in ("PASS", "SKIP")]
+    bad = []
+    for t in results:
+        known = DOUBLE_CANNOT_IMITATE.get((env, t["name"]))
+        failed = {c["display_name"] for c in t.get("cases", []) if c["status"] == "FAIL"}
+        if known is not None and t["result"] == "FAIL" and failed == known:
+            continue
+        if t["result"] not in ("PASS", "SKIP") or known is not None:
+            bad.append(f"{t['name']}: {t['result']}: {run.message(t)} (failed cases: "
+                       f"{sorted(failed)}, the double's known differences: {known})")
     assert not bad, "\n".join(bad)
     for t in results:
         if t["result"] == "SKIP":
@@ -118,7 +134,8 @@ def test_suite_passes_or_skips_with_a_reason(run: Run, env: str, suite: str) -> 
 @pytest.mark.parametrize("env", ("qemu-x64", "qemu-arm64", "crosvm-x64", "crosvm-arm64"))
 @pytest.mark.parametrize("suite", SUITES)
 def test_full_environments_really_run_each_suite(run: Run, env: str, suite: str) -> None:
-    passed = [t for t in run.where(env, suite) if t["result"] == "PASS"]
+    passed = [t for t in run.where(env, suite) if t["result"] == "PASS"
+              or ((env, t["name"]) in DOUBLE_CANNOT_IMITATE and t["result"] == "FAIL")]
     assert passed, f"nothing of {suite} passed on {env}: all skipped"
 
 

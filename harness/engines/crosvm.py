@@ -8,19 +8,23 @@ only thing crosvm says about how the VM ended, so `--extended-status` is
 always passed: without it a reboot, a crash and a panic would all read as 0.
 
 crosvm exits on a guest reset instead of restarting the guest; the Guest
-relaunches it (the engine only reports RESET).
+relaunches it (the engine only reports RESET). A guest panic reported through
+pvpanic does not end the VM: crosvm records it and exits 34 at the guest's next
+reset or power-off (src/crosvm/sys/linux.rs, the VmEventType::Panic arm).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import struct
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -34,9 +38,11 @@ from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kern
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError, Unsupported
+from harness.expected_devices import platform
 from harness.images import cache_dir
 from harness.images.model import GuestImage
 from harness.kvmprobe import probe_boot
+from harness.profiles.base import clean_text
 
 BINARY_ENV = "HARNESS_CROSVM"
 NO_BINARY = "no crosvm binary: set HARNESS_CROSVM or put crosvm on PATH"
@@ -47,10 +53,16 @@ RUN_OPTIONS = frozenset({
     "--block", "--net", "--no-balloon", "--no-rng", "--no-usb", "--gpu", "--vsock",
 })
 # Still accepted by crosvm with a warning; never emitted (a warning today, an error tomorrow).
+# Every `crosvm run` flag src/crosvm/cmdline.rs marks "(DEPRECATED)" or warns "is deprecated"
+# about when used. (`--host_ip`, with an underscore, is rewritten to `--host-ip` by
+# prepare_argh_args in src/main.rs; no other `_` is.)
 DEPRECATED_RUN_OPTIONS = frozenset({
-    "--disk", "--root", "--rwdisk", "--rwroot", "--cid", "--host-ip", "--netmask", "--mac",
-    "--tap-name", "--tap-fd", "--vhost-net", "--kvm-device", "--split-irqchip", "--gpu-display",
-    "--pmem-device", "--vhost-vsock-device",
+    "--cid", "--cpu-cluster", "--disk", "--evdev", "--gpu-display", "--host-ip", "--keyboard",
+    "--kvm-device", "--mac", "--mouse", "--mte", "--multi-touch", "--net-vq-pairs",
+    "--netmask", "--oem-strings", "--pci-start", "--pmem-device", "--root", "--rotary",
+    "--rw-pmem-device", "--rwdisk", "--rwroot", "--single-touch", "--split-irqchip",
+    "--switches", "--syslog-tag", "--tap-fd", "--tap-name", "--trackpad", "--vfio-platform",
+    "--vhost-net", "--vhost-net-device", "--vhost-vsock-device", "--vhost-vsock-fd",
 })
 
 # COM1 is the console and reads stdin (crosvm reads input only from a serial marked `stdin`
@@ -66,7 +78,9 @@ PROBE_CACHE_FILE = "crosvm-kvm-verdict.json"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
-# Exit statuses from crosvm's src/main.rs (CommandStatus), as the harness must read them.
+# Exit statuses from crosvm's src/main.rs (CommandStatus; errors are 1 via
+# src/sys/linux/main.rs error_to_exit_code), as the harness must read them. README's table of
+# exit statuses says the same, and tests/test_crosvm_engine.py holds the two together.
 _EXITS: dict[int, tuple[ExitKind, str]] = {
     0: (ExitKind.STOP, "crosvm stopped the VM (status 0): the guest powered off (ACPI S5 / "
                        "PSCI SYSTEM_OFF), `crosvm stop` was used, or an x86 guest "
@@ -75,16 +89,48 @@ _EXITS: dict[int, tuple[ExitKind, str]] = {
     32: (ExitKind.RESET, "the guest rebooted (status 32): crosvm exits on a reset and does "
                          "not restart the VM; the harness launches it again"),
     33: (ExitKind.CRASH, "the VM crashed (status 33): a vCPU or a virtual device failed "
-                         "inside crosvm"),
-    34: (ExitKind.PANIC, "the guest kernel panicked and said so through pvpanic (status 34)"),
-    35: (ExitKind.INVALID_ARGS, "crosvm rejected its command line (status 35, invalid "
-                                "arguments): a harness bug; the VMM stderr log says which"),
+                         "inside crosvm (on a KVM that cannot run the guest, the log says "
+                         "`vcpu hit unknown error`)"),
+    34: (ExitKind.PANIC, "the guest kernel panicked and said so through pvpanic (status 34): "
+                         "crosvm records the pvpanic and exits at the guest's next reset or "
+                         "power-off, so a guest that panics and halts keeps crosvm running"),
+    35: (ExitKind.INVALID_ARGS, "crosvm could not parse its command line (status 35, argh's "
+                                "parse failure: an unknown flag or a malformed key=value "
+                                "value): a harness bug; the VMM stderr log says which"),
     36: (ExitKind.WATCHDOG, "crosvm's vCPU stall detector reset the VM (status 36, watchdog: "
                             "a vCPU stopped making progress)"),
-    1: (ExitKind.ERROR, "crosvm failed while building the VM or running it (status 1); the "
-                        "VMM stderr log says why"),
+    1: (ExitKind.ERROR, "crosvm failed after parsing its command line (status 1): the "
+                        "configuration was refused (two `stdin` serials, two root disks, "
+                        "earlycon on a virtio-console, a non-printable --params), or building "
+                        "or running the VM failed (no KVM, a missing kernel or disk); the VMM "
+                        "stderr log says why"),
 }
 
+# What crosvm logs before it kills itself: the panic hook's message (src/sys/linux/
+# panic_hook.rs, then abort()), and sys::cleanup()'s warning before kill(0, SIGKILL)
+# (src/sys/linux/main.rs).
+# Rust's panic message: "thread 'NAME' panicked at FILE:LINE:COL:" and the message on the
+# next line (each logged on its own, with crosvm's `[TIME LEVEL crosvm] ` prefix).
+_PANIC_LINE = re.compile(rb"panicked at [^\n]*(?:\n(?:\[[^\]\n]*\] )?([^\n]*))?")
+_CLEANUP_SIGKILL = b"not all child processes have exited; sending SIGKILL"
+# The run loop's last event (src/crosvm/sys/linux.rs), which a cleanup SIGKILL hides: the
+# status crosvm would have exited with. A pvpanic recorded before it makes it a panic.
+_RUN_LOOP_ENDS: tuple[tuple[bytes, ExitKind], ...] = (
+    (b"vcpu requested shutdown", ExitKind.STOP),
+    (b"vcpu requested reset", ExitKind.RESET),
+    (b"vcpu crashed", ExitKind.CRASH),
+    (b"device crashed", ExitKind.CRASH),
+    (b"guest panic event", ExitKind.PANIC),
+    (b"vcpu stall detected", ExitKind.WATCHDOG),
+)
+_PVPANIC_LINE = b"Guest reported panic [Code: Guest panicked]"
+STDERR_TAIL_BYTES = 64 * 1024
+
+# The parser check: `crosvm run` with this right after `run` gets past argh and the
+# configuration checks and fails at the first thing that needs the host, KVM (crosvm opens
+# the kernel and initrd first, then the hypervisor: src/crosvm/sys/linux.rs run_config).
+PARSE_CHECK_HYPERVISOR = "kvm[device=/nonexistent]"
+PARSE_CHECK_EXPECTED = "failed to open KVM device /nonexistent"
 
 @dataclasses.dataclass(frozen=True)
 class BinaryLookup:
@@ -120,8 +166,14 @@ def find_binary(explicit: str | None = None,
 
 
 def _keyvalue(value: str) -> str:
-    """A serde_keyvalue value: quoted when it would otherwise split or end early."""
-    if any(c in value for c in ',="[]\\'):
+    """A serde_keyvalue value: double-quoted when it would otherwise split, end early or fail.
+
+    serde_keyvalue (serde_keyvalue/src/key_values.rs any_string) ends an unquoted value at
+    `,`, `[` or `]`, refuses `"` and `'` in one ("\" and ' can only be used in quoted
+    strings"), and refuses an empty one; inside double quotes only `\"` and `\\` are
+    escapes.
+    """
+    if value == "" or any(c in value for c in ',"\'[]'):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
 
@@ -182,15 +234,113 @@ def _kvm_problem() -> str | None:
     return None
 
 
+class ControlTimeout(HarnessError):
+    """A control subcommand that did not finish within its deadline."""
+
+
+# vm_control/src/balloon_tube.rs: before the guest's driver has set the balloon up, crosvm
+# answers every balloon command with ENOTCONN; after, a statistics request waits for the
+# guest to return a report (devices/src/virtio/balloon.rs handle_stats_queue), as long as it
+# takes, and holds every later balloon command behind it.
+BALLOON_NOT_READY = ("the guest's virtio-balloon driver has not set the device up (no "
+                     "driver, or not loaded yet), and crosvm refuses balloon commands "
+                     "until it has")
+BALLOON_STATS_WAITING = ("crosvm answers balloon_stats only with a report from the guest's "
+                         "balloon driver, and the guest gave none (its vCPUs suspended, "
+                         "halted or panicked, or a driver without a statistics queue); "
+                         "crosvm keeps waiting and holds later balloon commands behind it")
+
+
+def classify(returncode: int, stderr_tail: bytes = b"") -> ExitInfo:
+    """What a `crosvm run` exit means, from its status and the end of its stderr log.
+
+    A signal is not always someone else's doing: crosvm aborts (SIGABRT) on an internal
+    panic, dies of a fault signal on a crash of its own, and its cleanup SIGKILLs its own
+    process group when device processes do not exit (the log says so first).
+    """
+    if returncode >= 0:
+        known = _EXITS.get(returncode)
+        if known is not None:
+            return ExitInfo(known[0], returncode, known[1])
+        return ExitInfo(ExitKind.ERROR, returncode,
+                        f"crosvm exited with status {returncode}, which crosvm does not "
+                        f"define; the VMM stderr log may say why")
+    sig = -returncode
+    if sig == signal.SIGABRT:
+        panic = _PANIC_LINE.search(stderr_tail)
+        said = "; the VMM stderr log has the panic message"
+        if panic:
+            words = b" ".join(filter(None, (panic.group(0).split(b"\n", 1)[0], panic.group(1))))
+            said = f": it said {clean_text(words).strip()!r}"
+        return ExitInfo(ExitKind.CRASH, returncode,
+                        f"crosvm aborted (SIGABRT) on an internal panic, a crosvm bug "
+                        f"(release builds abort on panic, and its panic hook calls "
+                        f"abort()){said}")
+    if sig in _FAULT_SIGNALS:
+        return ExitInfo(ExitKind.CRASH, returncode,
+                        f"crosvm crashed ({describe_returncode(returncode)}): a fault in "
+                        f"crosvm itself, not a signal from outside")
+    if sig == signal.SIGKILL and _CLEANUP_SIGKILL in stderr_tail:
+        kind, how = _run_loop_end(stderr_tail)
+        return ExitInfo(kind, returncode,
+                        f"crosvm killed its own process group during cleanup (SIGKILL): its "
+                        f"device processes had not exited after the VM ended, so its exit "
+                        f"status was lost; the VM had ended with {how}")
+    return ExitInfo(ExitKind.KILLED, returncode,
+                    f"crosvm was {describe_returncode(returncode)} (it did not exit by "
+                    f"itself: the harness, a timeout or another process ended it"
+                    + ("; crosvm's own cleanup would have logged that it was sending "
+                       "SIGKILL" if sig == signal.SIGKILL else "") + ")")
+
+
+_FAULT_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                            signal.SIGSYS, signal.SIGTRAP})
+
+
+def _run_loop_end(stderr_tail: bytes) -> tuple[ExitKind, str]:
+    """The run loop's last logged event (and a pvpanic before it), as crosvm would have
+    turned them into its status; ERROR when the log does not say."""
+    last: tuple[int, bytes, ExitKind] | None = None
+    for line, kind in _RUN_LOOP_ENDS:
+        at = stderr_tail.rfind(line)
+        if at >= 0 and (last is None or at > last[0]):
+            last = (at, line, kind)
+    if last is None:
+        return ExitKind.ERROR, "an event its log does not show (a `crosvm stop`, or an error)"
+    at, line, kind = last
+    panicked = stderr_tail.rfind(_PVPANIC_LINE, 0, at) >= 0
+    if panicked:
+        return ExitKind.PANIC, f"{line.decode()!r} after a pvpanic (crosvm's status 34)"
+    return kind, repr(line.decode())
+
+
+def stderr_tail(path: Path, limit: int = STDERR_TAIL_BYTES) -> bytes:
+    """The last `limit` bytes of a log that may be very large (crosvm can flood it)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - limit))
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
 class CrosvmVmm(ProcessVmm, Vmm):
     """A running `crosvm run`; each control operation is one `crosvm SUBCOMMAND ... SOCKET`."""
 
     def __init__(self, process: Process, *, binary: str, socket: Path,
-                 control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+                 control_timeout_s: float = CONTROL_TIMEOUT_S,
+                 stderr_log: Path | None = None) -> None:
         super().__init__(process)
         self.binary = binary
         self.socket = socket
         self.control_timeout_s = control_timeout_s
+        self.stderr_log = stderr_log
+
+    async def exit_info(self, returncode: int) -> ExitInfo:
+        """The exit's meaning, with what crosvm logged last (a panic, its cleanup's SIGKILL)."""
+        tail = stderr_tail(self.stderr_log) if self.stderr_log and returncode < 0 else b""
+        return classify(returncode, tail)
 
     async def control(self, *args: str, timeout: float | None = None) -> str:
         """Run `crosvm --no-syslog ARGS... SOCKET` and return its stdout; raise on failure.
@@ -214,7 +364,7 @@ class CrosvmVmm(ProcessVmm, Vmm):
                     await anyio.sleep(0.02)
                 result = await anyio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
         except TimeoutError:
-            raise HarnessError(f"`{shown}` did not complete within {deadline:g} s") from None
+            raise ControlTimeout(f"`{shown}` did not complete within {deadline:g} s") from None
         stdout = result.stdout.decode(errors="replace")
         if result.returncode != 0:
             said = "\n".join(s for s in (result.stderr.decode(errors="replace").strip(),
@@ -244,11 +394,23 @@ class CrosvmVmm(ProcessVmm, Vmm):
         the guest (0 gives everything back), not the guest's resulting memory size."""
         if size_bytes < 0:
             raise HarnessError(f"balloon size must be >= 0, got {size_bytes}")
-        await self.control("balloon", str(int(size_bytes)))
+        try:
+            await self.control("balloon", str(int(size_bytes)))
+        except HarnessError as e:
+            if "os error 107" in str(e) or f'"Err": {errno.ENOTCONN}' in str(e):
+                raise HarnessError(f"{e}: {BALLOON_NOT_READY}") from None
+            raise
 
     async def balloon_stats(self) -> dict[str, Any]:
         """crosvm's `BalloonStats` body: `balloon_actual` (bytes held) and the guest's `stats`."""
-        out = await self.control("balloon_stats")
+        try:
+            out = await self.control("balloon_stats")
+        except ControlTimeout as e:
+            raise ControlTimeout(f"{e}: {BALLOON_STATS_WAITING}") from None
+        except HarnessError as e:
+            if "os error 107" in str(e) or f'"Err": {errno.ENOTCONN}' in str(e):
+                raise HarnessError(f"{e}: {BALLOON_NOT_READY}") from None
+            raise
         try:
             reply = json.loads(out)
             body = reply["BalloonStats"]
@@ -278,6 +440,7 @@ class CrosvmEngine(Engine):
         self.log_level = log_level
         self.control_timeout_s = control_timeout_s
         self._verdicts: dict[str, tuple[bool, str]] = {}
+        self._versions: dict[str, str] = {}
         self._probe_lock = anyio.Lock()
 
     # -- binary ------------------------------------------------------------------------------
@@ -339,20 +502,13 @@ class CrosvmEngine(Engine):
     # -- exit ------------------------------------------------------------------------------
 
     def implicit_devices(self, env: Environment) -> frozenset[str]:
-        """crosvm always has pvpanic, an RTC and its UARTs (rng, balloon, xHCI go by --no-*)."""
-        return frozenset({"rtc", "serial", "pvpanic"})
+        """What crosvm presents on `env`'s arch whatever the configuration says (its UARTs, an
+        RTC, pvpanic; rng, balloon, xHCI go by --no-*): harness/expected_devices.py."""
+        return frozenset(platform("crosvm", env.arch))
 
     def classify_exit(self, returncode: int) -> ExitInfo:
-        if returncode < 0:
-            return ExitInfo(ExitKind.KILLED, returncode,
-                            f"crosvm was {describe_returncode(returncode)} (it did not exit "
-                            f"by itself: the harness, a timeout or another process ended it)")
-        known = _EXITS.get(returncode)
-        if known is not None:
-            return ExitInfo(known[0], returncode, known[1])
-        return ExitInfo(ExitKind.ERROR, returncode,
-                        f"crosvm exited with status {returncode}, which crosvm does not "
-                        f"define; the VMM stderr log may say why")
+        """The meaning of a status alone; a launched VM's `exit_info` adds its stderr log."""
+        return classify(returncode)
 
     # -- launch ----------------------------------------------------------------------------
 
@@ -366,7 +522,7 @@ class CrosvmEngine(Engine):
             paths.control_socket.unlink()
         process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
         return CrosvmVmm(process, binary=argv[0], socket=paths.control_socket,
-                         control_timeout_s=self.control_timeout_s)
+                         control_timeout_s=self.control_timeout_s, stderr_log=paths.stderr_log)
 
     # -- availability ----------------------------------------------------------------------
 
@@ -374,6 +530,7 @@ class CrosvmEngine(Engine):
         found = self.lookup()
         if found.problem is not None:
             return found.problem
+        await self.version()  # recorded with every result of this binary (vmm_version)
         kvm = _kvm_problem()
         if kvm is not None:
             return kvm
@@ -457,10 +614,53 @@ class CrosvmEngine(Engine):
             self.store_verdict(env, ok, reason)
             return ok, reason
 
+    # -- version and the parser check ------------------------------------------------------
+
+    async def version(self) -> str | None:
+        """`crosvm version`'s answer for the binary in use, asked once per binary."""
+        found = self.lookup()
+        if found.path is None:
+            return None
+        key = self._binary_key(found.path)
+        if key not in self._versions:
+            rc, out, err = await _run_quiet([found.path, "version"])
+            self._versions[key] = (out.strip() or err.strip()) if rc == 0 else ""
+        return self._versions[key] or None
+
+    def vmm_version(self, env: Environment) -> str:
+        """The version of the crosvm `env` runs with, as results record it ("" unknown)."""
+        del env  # one binary for every environment
+        found = self.lookup()
+        return self._versions.get(self._binary_key(found.path), "") if found.path else ""
+
+    @staticmethod
+    def _binary_key(path: str) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+    async def parse_check(self, argv: list[str], timeout: float = 30.0) -> ParseCheck:
+        """Run `argv` with a hypervisor device that does not exist: a command line crosvm
+        accepts gets past argh and every configuration check and fails opening KVM (exit 1,
+        "failed to open KVM device /nonexistent"); one it refuses exits 35, or 1 with
+        another message. Needs no working KVM, and starts no VM."""
+        checked = parse_check_argv(argv)
+        rc, out, err = await _run_quiet(checked, timeout=timeout)
+        ok = rc == 1 and PARSE_CHECK_EXPECTED in err
+        said = _deciding_line(err, PARSE_CHECK_EXPECTED if ok else None) or out.strip()
+        return ParseCheck(ok=ok, status=rc, said=said, argv=checked)
+
     # -- doctor ----------------------------------------------------------------------------
 
-    async def doctor(self, env_set: Iterable[Environment]) -> dict[str, Any]:
-        """What a person needs to see to know why crosvm environments run or are skipped."""
+    async def doctor(self, env_set: Iterable[Environment],
+                     argvs: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+        """What a person needs to see to know why crosvm environments run or are skipped.
+
+        `argvs`: each environment's command line as `harness plan` prints it; each is put
+        through `parse_check` by the binary found (the parser check).
+        """
         found = self.lookup()
         report: dict[str, Any] = {
             "binary": found.path, "source": found.source or None, "problem": found.problem,
@@ -471,10 +671,11 @@ class CrosvmEngine(Engine):
         if found.problem is not None:
             for env in envs:
                 report["environments"][env.name] = found.problem
+            if argvs:
+                report["parse_check"] = {name: f"not run: {found.problem}" for name in argvs}
             return report
         assert found.path is not None
-        version = await _run_quiet([found.path, "version"])
-        report["version"] = version[1].strip() or version[2].strip() or None
+        report["version"] = await self.version()
         helps = {}
         for where, args in (("global", ["--help"]), ("run", ["run", "--help"])):
             rc, out, err = await _run_quiet([found.path, *args])
@@ -490,9 +691,51 @@ class CrosvmEngine(Engine):
             options |= {o: _mentions(helps["run"], o) for o in run_opts}
         report["options"] = dict(sorted(options.items()))
         report["missing_options"] = [o for o, ok in report["options"].items() if not ok]
+        if argvs:
+            checks: dict[str, str] = {}
+            for name, argv in argvs.items():
+                result = await self.parse_check([found.path, *argv[1:]])
+                checks[name] = result.describe()
+            report["parse_check"] = checks
         for env in envs:
             report["environments"][env.name] = await self.unavailable(env) or "ok"
         return report
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseCheck:
+    """One command line through the real parser: whether crosvm accepted it, and its words."""
+
+    ok: bool
+    status: int
+    said: str
+    argv: list[str]
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"ok: parsed and validated (stopped at KVM: {self.said})"
+        why = ("crosvm could not parse it" if self.status == 35 else
+               f"crosvm refused it with status {self.status}")
+        return f"FAILED: {why}: {self.said or 'no output'}"
+
+
+def parse_check_argv(argv: list[str]) -> list[str]:
+    """`argv` with `--hypervisor kvm[device=/nonexistent]` right after `run`."""
+    at = argv.index("run") + 1
+    return [*argv[:at], "--hypervisor", PARSE_CHECK_HYPERVISOR, *argv[at:]]
+
+
+_LOG_PREFIX = re.compile(r"^\[[^\]]*\] ")
+
+
+def _deciding_line(stderr: str, wanted: str | None) -> str:
+    """The line of crosvm's stderr that says what happened: the one holding `wanted`, or the
+    last error (argh's `arg parsing failed`, main's `exiting with error 1`)."""
+    lines = [_LOG_PREFIX.sub("", ln).strip() for ln in stderr.splitlines() if ln.strip()]
+    if wanted is not None:
+        return next((ln for ln in lines if wanted in ln), "")
+    errors = [ln for ln in lines if "arg parsing failed" in ln or "exiting with error" in ln]
+    return (errors or lines or [""])[-1]
 
 
 def split_options(argv: list[str]) -> tuple[list[str], list[str]]:

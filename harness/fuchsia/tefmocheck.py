@@ -31,7 +31,7 @@ the synthetic test is `testing_failure_mode/<check name>/<test>`.
 
 Only checks whose log the harness can have are in CHECKS: all of Fuchsia's
 target-log checks (check-configs.yaml category 2), the two emulator failures of
-the host-tool category 3, and three VMM failure lines tefmocheck cannot know
+the host-tool category 3, and four VMM failure lines tefmocheck cannot know
 (QEMU's KVM internal error, crosvm's vcpu failures: `source="harness"`). The
 Swarming, CAS, botanist, ffx and SSH checks are about tools the harness does
 not run and are left out.
@@ -543,6 +543,7 @@ CHECKS: tuple[StringInLogCheck, ...] = tuple([
     # The harness's own: how QEMU and crosvm say on stderr that KVM failed the guest
     # (QEMU accel/kvm; crosvm src/crosvm/sys/linux/vcpu.rs run_vcpu).
     *_checks("KVM internal error. Suberror", [W], source="harness"),
+    *_checks("unexpected vcpu exit: InternalError", [W], source="harness"),
     *_checks("vcpu hit unknown error", [W], source="harness"),
     *_checks("vcpu hw run failure", [W], source="harness"),
 ])

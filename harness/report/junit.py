@@ -260,7 +260,8 @@ def _case_testcase(
 
 def _suite_properties(run: RunResult, results: list[TestResult]) -> dict[str, str]:
     props: dict[str, str] = {}
-    for field in ("environment", "engine", "arch", "accel", "kernel", "blocking"):
+    for field in ("environment", "engine", "arch", "accel", "kernel", "vmm_version",
+                  "blocking"):
         values: list[str] = []
         for r in results:
             v = getattr(r, field)
