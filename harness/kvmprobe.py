@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from harness.environments import Environment
+from harness.environments import Environment, ImageRef
 from harness.errors import HarnessError
 from harness.profiles.base import clean_text
 
@@ -30,11 +30,19 @@ PROBE_TIMEOUT_S = 20.0
 STDERR_POLL_S = 0.2
 
 
+# What proves KVM for an environment that boots a build's product bundle: its image is each
+# test's, and has no shell to reach, so the embedded Linux guest of the arch boots instead.
+PRODUCT_BUNDLE_PROBE_IMAGE = "debian-generic"
+
+
 async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
     """Boot `env`'s image with accel=kvm and no devices; (True, how long) or (False, why)."""
     from harness.app import image_for
     from harness.guest import Guest
 
+    if env.image.product_bundle:
+        env = dataclasses.replace(env, profile="linux", kernel_args=(),
+                                  image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
     try:
         image = await anyio.to_thread.run_sync(image_for, env)
     except HarnessError as e:

@@ -58,6 +58,18 @@ class SpecEnvironment:
     def device_type(self) -> str:
         return self.dimensions.get("device_type", "")
 
+    @property
+    def kernel_args(self) -> tuple[str, ...]:
+        """`emulator.kernel_args`: appended to the guest's kernel command line, last
+        (botanist's order: tools/botanist/targets/emulator.go)."""
+        return tuple((self.emulator or {}).get("kernel_args") or ())
+
+    @property
+    def accel(self) -> str:
+        """`emulator.accel`: "none" asks for TCG, which Fuchsia gives twice the time."""
+        value = (self.emulator or {}).get("accel")
+        return value if isinstance(value, str) else ""
+
 
 @dataclasses.dataclass(frozen=True)
 class TestSpec:
@@ -213,6 +225,14 @@ def _environment(e: _Entry, i: int, obj: Any) -> SpecEnvironment:
     emulator = obj.get("emulator")
     if emulator is not None and type(emulator) is not dict:
         e.wrong(f"environments[{i}].emulator", "an object", emulator)
+    if emulator:
+        # Acted on (they reach the kernel command line), so checked like the fields above.
+        args = emulator.get("kernel_args")
+        if args is not None and type(args) is not list:
+            e.wrong(f"environments[{i}].emulator.kernel_args", "a list of strings", args)
+        for n, arg in enumerate(args or ()):
+            if type(arg) is not str:
+                e.wrong(f"environments[{i}].emulator.kernel_args[{n}]", "a string", arg)
     return SpecEnvironment(dimensions, tags, emulator)
 
 
