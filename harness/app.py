@@ -28,6 +28,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.fuchsia import boottest
 from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
 from harness.images.model import GuestImage
+from harness.kvmprobe import probe_environment
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.results import RunResult, Status
 from harness.spec import SpecEnvironment, TestSpec, load_specs, parse_specs
@@ -52,7 +53,8 @@ def image_for(env: Environment, *, build: bool = True) -> GuestImage:
     """The kernel and initramfs an environment boots (building the embedded one if needed)."""
     if env.image.product_bundle:
         raise HarnessError(f"{env.name} boots the product bundle of each test it runs, "
-                           "not an image of its own")
+                           "not an image of its own (to boot a boot test's bundle by hand: "
+                           "`harness run-boot-test NAME --build-dir DIR --interactive`)")
     if not env.image.embedded:
         assert env.image.kernel is not None
         return GuestImage(name=env.image.name, arch=env.arch, kernel=env.image.kernel,
@@ -547,7 +549,7 @@ def _interactive_boot_test(run: planmod.PlannedRun, out: Path) -> int:
     log = out / "serial.log"
 
     async def main() -> None:
-        reason = await engine.unavailable(env)
+        reason = await engine.unavailable(probe_environment(env))
         if reason:
             raise HarnessError(f"{env.name} cannot run here: {reason}")
         guest = Guest(env, engine, run.bundle.image(env.arch), log,  # type: ignore[union-attr]
@@ -618,7 +620,7 @@ def doctor_command(args: argparse.Namespace) -> int:
         for env in envs:
             engine = engines[env.engine]
             try:
-                reason = await engine.unavailable(env)
+                reason = await engine.unavailable(probe_environment(env))
             except HarnessError as e:
                 reason = str(e)
             entry: dict[str, object] = {"engine": env.engine, "runs_here": reason is None,

@@ -35,14 +35,22 @@ STDERR_POLL_S = 0.2
 PRODUCT_BUNDLE_PROBE_IMAGE = "debian-generic"
 
 
+def probe_environment(env: Environment) -> Environment:
+    """The environment whose boot proves KVM for `env`: itself, or for one that boots a
+    product bundle, the same machine with the embedded Linux guest (whose verdict the
+    Linux environments of that engine and arch share)."""
+    if not env.image.product_bundle:
+        return env
+    return dataclasses.replace(env, profile="linux", kernel_args=(),
+                               image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
+
+
 async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
     """Boot `env`'s image with accel=kvm and no devices; (True, how long) or (False, why)."""
     from harness.app import image_for
     from harness.guest import Guest
 
-    if env.image.product_bundle:
-        env = dataclasses.replace(env, profile="linux", kernel_args=(),
-                                  image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
+    env = probe_environment(env)
     try:
         image = await anyio.to_thread.run_sync(image_for, env)
     except HarnessError as e:

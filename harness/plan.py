@@ -13,7 +13,9 @@ environments.json environment (`Environment.matches`), in one of two ways:
   the rest, boot tests only those that boot a product bundle; ties go to the
   environment with the fewest dimensions the test environment did not ask for
   (the plainest machine of its kind: `{device_type: QEMU, cpu: x64}` is qemu-x64,
-  not qemu-x64-minimal), then to the first name in sort order.
+  not qemu-x64-minimal), then to the first name in sort order. Environments named
+  with --env are the person's choice instead of the tie rule: the test environment
+  runs on each named one it matches.
 - the harness's own (the built-in suites): every environment whose dimensions
   match, since the suites are written to run wherever they fit and say themselves
   what they need.
@@ -258,8 +260,9 @@ def _make_plan(
                 continue
             if testsharder:
                 picked = [e for e in candidates if sel.pair(spec_env, e, tags=False)]
-                if picked:
-                    env = min(picked, key=lambda e: _tie_key(e, dims))
+                if picked and not sel.env_names:
+                    picked = [min(picked, key=lambda e: _tie_key(e, dims))]
+                for env in picked:  # environments named with --env: each one the person named
                     chosen.setdefault(env.name, (env, spec_env))
                 continue
             for env in candidates:
@@ -529,7 +532,7 @@ def plan_text(
             str(run.shard),
             run.environment.name,
             run.spec.name,
-            ("boot test" if run.spec.is_boot_test else run.spec.suite) or "-",
+            run.spec.suite or "-",
             run.environment.engine,
             run.environment.arch,
             "yes" if run.environment.blocking else "no (FYI)",

@@ -33,6 +33,7 @@ from harness.fuchsia import boottest
 from harness.fuchsia.build import describe
 from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
+from harness.kvmprobe import probe_environment
 from harness.plan import PlannedRun, run_environment
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
@@ -169,7 +170,7 @@ class Runner:
                     state.unavailable = f"no engine named {env.engine}"
                 else:
                     try:
-                        state.unavailable = await engine.unavailable(env)
+                        state.unavailable = await engine.unavailable(probe_environment(env))
                     except HarnessError as e:
                         state.unavailable = str(e)
                 # A product bundle is each run's own (PlannedRun.bundle), not the environment's.
@@ -235,6 +236,10 @@ class Runner:
         result = self.results[run.key]
         result.folder = str(folder.relative_to(self.opt.out_dir).parts[0]) + "/" + \
             safe_name(run.spec.name)
+        if run.bundle_name:
+            # Named on every attempt, so JUnit and summary.json say which bundle even of a
+            # run that was skipped or could not boot it.
+            attempt.properties["product_bundle"] = run.bundle_name
         if run.skip_reason:
             attempt.status, attempt.message = Status.SKIP, run.skip_reason
             return attempt, shared
@@ -458,8 +463,6 @@ class Runner:
             label=r.spec.label,
             tags={"device_type": env.device_type, "devices": env.devices.name},
         )
-        if r.bundle_name:
-            res.tags["product_bundle"] = r.bundle_name
         if r.spec.is_boot_test and self.opt.boot_test_repro_base:
             # The developer's loop: `harness run-boot-test`, as `fx run-boot-test` does.
             res.repro = shlex.join([*self.opt.boot_test_repro_base, r.spec.name,

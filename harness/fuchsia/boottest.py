@@ -44,7 +44,7 @@ from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
 from harness.environments import CPU_DIMENSION, Environment
 from harness.guest import Guest
 from harness.parsers import FORMATS, detect
-from harness.profiles.base import clean_text
+from harness.profiles.base import clean_text, excerpt
 from harness.profiles.zircon import (
     BOOT_TEST_FAILURE,
     BOOT_TEST_FAILURE_MESSAGE,
@@ -145,7 +145,7 @@ async def run_boot_test(guest: Guest, *, timeout: float, bootup_timeout: float |
         if match.re is SUCCESS:
             verdict = Verdict(Status.PASS, "")
         else:
-            verdict = Verdict(Status.FAIL, FAILURE_MESSAGE, details=_tail(guest))
+            verdict = Verdict(Status.FAIL, FAILURE_MESSAGE, details=_around(guest, FAILURE))
     except GuestCrashed as e:
         verdict = Verdict(Status.FAIL, f"guest crashed: {e.crash.signature}",
                           details=e.crash.excerpt)
@@ -172,8 +172,11 @@ class _BootupTimeout(Exception):
         self.tail = tail
 
 
-def _tail(guest: Guest) -> str:
-    return guest.log.tail()
+def _around(guest: Guest, pattern: re.Pattern[bytes]) -> str:
+    """The lines before and after the first `pattern` in the log (the test's own report)."""
+    data = _log_bytes(guest)
+    m = pattern.search(data)
+    return excerpt(data, m.start()) if m else guest.log.tail()
 
 
 def _log_bytes(guest: Guest) -> bytes:

@@ -318,7 +318,8 @@ def boot_skip(bundle: ProductBundle, env: Environment) -> str | None:
 
 
 def describe(bundle: ProductBundle, base: Path) -> dict[str, str]:
-    """The bundle as reports name it: its name and images, relative to the build dir."""
+    """The bundle's images as reports show them (its name is the run's), relative to the
+    build directory."""
 
     def rel(path: Path | None) -> str:
         if path is None:
@@ -328,7 +329,7 @@ def describe(bundle: ProductBundle, base: Path) -> dict[str, str]:
         except ValueError:
             return str(path)
 
-    out = {"product_bundle": bundle.name, "product_bundle_cpu": bundle.cpu}
+    out = {"product_bundle_cpu": bundle.cpu}
     if bundle.kernel is not None:
         out["shim"] = rel(bundle.kernel)
     if bundle.zbi is not None:
