@@ -244,12 +244,14 @@ def test_the_vmms_got_botanists_command_line_with_shim_and_zbi(run: Run) -> None
 
 @needs_qemu
 def test_a_failed_boot_tests_repro_sh_reruns_it_with_run_boot_test(run: Run) -> None:
-    script = run.folder(FAIL) / "repro.sh"
+    # The crashing arm64 test: the cheapest failed boot to do again (x86_64 boots a bzImage,
+    # whose decompression alone takes seconds under TCG).
+    script = run.folder(CRASH) / "repro.sh"
     line = script.read_text().splitlines()[1]
     assert shlex.split(line)[len(HARNESS) + 1:] == [
-        "run-boot-test", "--build-dir", str(run.build.resolve()), "standin-boot-fail-x64",
-        "--crosvm", "--arch", "x64"]
-    printed = subprocess.run([*HARNESS, "repro", str(run.out), "standin-boot-fail-x64",
+        "run-boot-test", "--build-dir", str(run.build.resolve()), "standin-boot-crash-arm64",
+        "--crosvm", "--arch", "arm64"]
+    printed = subprocess.run([*HARNESS, "repro", str(run.out), "standin-boot-crash-arm64",
                               "--print"], cwd=run.base, env=run.env, capture_output=True,
                              text=True, timeout=60, check=False)
     assert printed.stdout.strip() == line.removeprefix("exec ")
@@ -260,8 +262,12 @@ def test_a_failed_boot_tests_repro_sh_reruns_it_with_run_boot_test(run: Run) -> 
     assert proc.returncode == 1, proc.stderr[-3000:]
     [summary] = list(again.glob("results/*/summary.json"))
     [test] = json.loads(summary.read_text())["tests"]
-    assert test["harness"]["environment"] == "fuchsia-crosvm-x64"
-    assert test["harness"]["attempts"][-1]["message"] == run.attempt(FAIL)["message"]
+    assert test["harness"]["environment"] == "fuchsia-crosvm-arm64"
+    assert test["harness"]["attempts"][-1]["message"] == run.attempt(CRASH)["message"]
+    # And the x86_64 failure's repro.sh is the same command for its test and arch.
+    assert (run.folder(FAIL) / "repro.sh").read_text().splitlines()[1].endswith(
+        "run-boot-test --build-dir " + shlex.quote(str(run.build.resolve()))
+        + " standin-boot-fail-x64 --crosvm --arch x64")
 
 
 @needs_qemu
