@@ -112,7 +112,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         build = standin.build_for_tests(base)
     except ImageError as e:
         pytest.skip(f"guest images cannot be built here: {e}")
-    tmp = Path(tempfile.mkdtemp(prefix="hf-", dir="/tmp"))
+    tmp = Path(tempfile.mkdtemp(prefix="harness-fuchsia-", dir="/tmp"))
     env = {**os.environ, "HARNESS_CROSVM": str(DOUBLE),
            "HARNESS_CACHE_DIR": str(private_cache(base)), "TMPDIR": str(tmp)}
     out = base / "results"
