@@ -7,10 +7,13 @@ or the engines, and so that tests can call a command without a subprocess.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import json
 import os
+import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,16 +25,23 @@ from harness.engines.base import Engine, RunPaths
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError, HarnessError
-from harness.fuchsia import serialtester
+from harness.fuchsia import boottest, serialtester
+from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
 from harness.images.model import GuestImage
-from harness.results import RunResult
-from harness.spec import TestSpec, load_specs, parse_specs
+from harness.kvmprobe import probe_environment
+from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
+from harness.results import RunResult, Status
+from harness.spec import SpecEnvironment, TestSpec, load_specs, parse_specs
 from harness.suite import SuiteTest, default_specs, registry
 
 if TYPE_CHECKING:
     from harness.report.terminal import TerminalReport
+    from harness.runner import RunOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# What `harness plan` shows for the entropy mixin: the value is made fresh at each boot,
+# and is a secret (the kernel seeds its CPRNG with it), so no command line shows it.
+REDACTED_ENTROPY = "x" * (2 * ENTROPY_MIXIN_BYTES)
 
 
 def make_engines() -> dict[str, Engine]:
@@ -42,6 +52,10 @@ def make_engines() -> dict[str, Engine]:
 
 def image_for(env: Environment, *, build: bool = True) -> GuestImage:
     """The kernel and initramfs an environment boots (building the embedded one if needed)."""
+    if env.image.product_bundle:
+        raise HarnessError(f"{env.name} boots the product bundle of each test it runs, "
+                           "not an image of its own (to boot a boot test's bundle by hand: "
+                           "`harness run-boot-test NAME --build-dir DIR --interactive`)")
     if not env.image.embedded:
         assert env.image.kernel is not None
         return GuestImage(name=env.image.name, arch=env.arch, kernel=env.image.kernel,
@@ -51,22 +65,75 @@ def image_for(env: Environment, *, build: bool = True) -> GuestImage:
     return ensure_image(env.image.name, env.arch, build=build)
 
 
-def load_inputs(args: argparse.Namespace) -> tuple[list[TestSpec], EnvironmentSet,
-                                                     dict[str, SuiteTest]]:
+@dataclasses.dataclass
+class Inputs:
+    """What a run reads: specs, environments, suites, and a Fuchsia build's product bundles.
+
+    `testsharder`: the specs come from a tests.json (the person's or a build's), so they
+    are matched to environments as Fuchsia's testsharder does; the built-in suites are
+    not (harness.plan).
+    """
+
+    specs: list[TestSpec]
+    envs: EnvironmentSet
+    tests: dict[str, SuiteTest]
+    bundles: BundleSet | None = None
+    testsharder: bool = False
+    build_dir: Path | None = None
+
+
+def tests_file(args: argparse.Namespace) -> Path | None:
+    """--tests, else the build directory's tests.json."""
+    if args.tests:
+        return Path(args.tests)
+    build_dir = getattr(args, "build_dir", None)
+    return Path(build_dir) / TESTS_JSON if build_dir else None
+
+
+def bundles_file(args: argparse.Namespace) -> Path | None:
+    """--product-bundles, else the build directory's product_bundles.json."""
+    if getattr(args, "product_bundles", None):
+        return Path(args.product_bundles)
+    build_dir = getattr(args, "build_dir", None)
+    return Path(build_dir) / PRODUCT_BUNDLES_JSON if build_dir else None
+
+
+def load_bundles(args: argparse.Namespace) -> BundleSet | None:
+    build_dir = getattr(args, "build_dir", None)
+    if build_dir and not Path(build_dir).is_dir():
+        raise ConfigError("command line", None, "--build-dir",
+                          f"{build_dir} is not a directory")
+    file = bundles_file(args)
+    default = getattr(args, "product_bundle", None) or ""
+    if file is None:
+        if default:
+            raise ConfigError("command line", None, "--product-bundle",
+                              "names a bundle of a build: give --build-dir or --product-bundles")
+        return None
+    return BundleSet.read(file, default=default)
+
+
+def load_inputs(args: argparse.Namespace) -> Inputs:
     from harness.cli import suite_paths
 
     envs = envmod.load(args.environments)
     tests = registry(extra_paths=suite_paths(args))
-    if args.tests:
-        specs = load_specs(args.tests)
+    bundles = load_bundles(args)
+    file = tests_file(args)
+    if file is not None:
+        specs = load_specs(file)
     else:
         specs = parse_specs(default_specs(tests), "<built-in suites>")
-    return specs, envs, tests
+    build_dir = getattr(args, "build_dir", None)
+    return Inputs(specs, envs, tests, bundles, testsharder=file is not None,
+                  build_dir=Path(build_dir).resolve() if build_dir else None)
 
 
 def requirement_check(tests: Mapping[str, SuiteTest],
                       engines: Mapping[str, Engine]):  # type: ignore[no-untyped-def]
     def check(spec: TestSpec, env: Environment) -> str | None:
+        if spec.is_boot_test:
+            return None  # the booted system is the test; its `path` is a host script
         test = tests.get(spec.name)
         if test is not None:
             unmet = test.requires.unmet(env)
@@ -85,6 +152,10 @@ def requirement_check(tests: Mapping[str, SuiteTest],
         if serialtester.handles(spec, env):  # issue 11: Fuchsia's serial tester decides
             return serialtester.unrunnable(spec)
         if not spec.path:
+            if spec.package_url:
+                return (f"a component test ({spec.package_url}) runs through ffx over SSH, "
+                        "which the harness does not drive; it runs `path` programs and boot "
+                        "tests")
             return f"no built-in test named {spec.name!r} and no `path` to run in the guest"
         return None
 
@@ -122,23 +193,36 @@ def durations(args: argparse.Namespace) -> dict[str, float] | None:
 
 
 def build_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    specs, envs, tests = load_inputs(args)
-    plan = planmod.make_plan(specs, envs, selection(args, envs),
-                             check=requirement_check(tests, make_engines()))
-    return plan, envs, tests
+    inputs = load_inputs(args)
+    plan = planmod.make_plan(inputs.specs, inputs.envs, selection(args, inputs.envs),
+                             check=requirement_check(inputs.tests, make_engines()),
+                             testsharder=inputs.testsharder, bundles=inputs.bundles)
+    return plan, inputs
+
+
+def plan_image(run: planmod.PlannedRun) -> GuestImage:
+    """The image a run boots, as `plan` shows it (nothing is built for a plan)."""
+    env = run.environment
+    if run.bundle is not None:
+        return run.bundle.image(env.arch)
+    if env.image.product_bundle:
+        missing = Path(f"PRODUCT-BUNDLE-{run.bundle_name or 'NONE'}")
+        return GuestImage(name=run.bundle_name, arch=env.arch, kernel=missing / "kernel",
+                          initrd=missing / "zbi")
+    try:
+        return image_for(env, build=False)
+    except HarnessError:
+        return _unbuilt_image(env)
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    plan, _envs, _tests = build_plan(args)
+    plan, _inputs = build_plan(args)
     engines = make_engines()
     placeholder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "harness-ENV"
 
     def argv_for(run: planmod.PlannedRun) -> list[str] | None:
-        env = run.environment
-        try:
-            image = image_for(env, build=False)
-        except HarnessError:
-            image = _unbuilt_image(env)
+        env = planmod.run_environment(run, REDACTED_ENTROPY)
+        image = plan_image(run)
         from harness.runner import make_disk_paths
 
         workdir = placeholder.with_name(f"harness-{env.name}")
@@ -167,12 +251,11 @@ def _unbuilt_image(env: Environment) -> GuestImage:
 
 def run_command(args: argparse.Namespace) -> int:
     from harness.cli import default_out_dir, repro_base
-    from harness.report.terminal import TerminalReport
-    from harness.runner import Runner, RunOptions
+    from harness.runner import RunOptions
 
-    plan, envs, tests = build_plan(args)
+    plan, inputs = build_plan(args)
     if args.interactive:
-        return interactive_command(args, plan, envs)
+        return interactive_command(args, plan, inputs.envs)
     runs = plan.runs
     sharding = shard_args(args)
     if sharding:
@@ -189,18 +272,61 @@ def run_command(args: argparse.Namespace) -> int:
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(out.name)
             os.replace(tmp, latest)
-    terminal = TerminalReport.for_stream(sys.stderr, os.environ)
     options = RunOptions(
         out_dir=out, jobs=args.jobs, retries=args.retries,
         log_cap=(args.log_cap_mib << 20) or None,
         repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
-        progress_line=terminal.progress,
+        boot_test_repro_base=boot_test_repro_base(args),
+        bundle_base=_bundle_base(inputs),
     )
     if not runs:
         print("harness: nothing selected to run", file=sys.stderr)
     n_envs = len({r.environment.name for r in runs})
     _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
                f"{args.jobs} at a time; results in {out}")
+    return _execute(args, runs, inputs.tests, options)
+
+
+def _bundle_base(inputs: Inputs) -> Path | None:
+    if inputs.build_dir is not None:
+        return inputs.build_dir
+    return inputs.bundles.base if inputs.bundles is not None else None
+
+
+def boot_test_repro_base(args: argparse.Namespace) -> list[str]:
+    """`harness run-boot-test` with the same inputs; the runner adds the test and environment."""
+    from harness.repro import harness_command
+
+    base = [*harness_command(), "run-boot-test"]
+    for arg in getattr(args, "cmdline", None) or ():
+        base += ["-c", arg]
+    for name in getattr(args, "test_filter", None) or ():
+        base += ["--test-filter", name]
+    for count in getattr(args, "count", None) or ():
+        base += ["--count", count]
+    build_dir = getattr(args, "build_dir", None)
+    if build_dir:
+        base += ["--build-dir", str(Path(build_dir).resolve())]
+    if args.tests:
+        base += ["--tests", str(Path(args.tests).resolve())]
+    if getattr(args, "product_bundles", None):
+        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
+    if getattr(args, "product_bundle", None):
+        base += ["--product-bundle", args.product_bundle]
+    if args.environments:
+        base += ["--environments", str(Path(args.environments).resolve())]
+    return base
+
+
+def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
+             tests: Mapping[str, SuiteTest], options: RunOptions) -> int:
+    """Run `runs`, write the reports as results come, print the closing report; the exit
+    status."""
+    from harness.report.terminal import TerminalReport
+    from harness.runner import Runner
+
+    terminal = TerminalReport.for_stream(sys.stderr, os.environ)
+    options = dataclasses.replace(options, progress_line=terminal.progress)
     runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
                     on_result=write_run_files)
 
@@ -221,6 +347,9 @@ def run_command(args: argparse.Namespace) -> int:
     report_run_end(args, result, terminal)
     if result.interrupted:
         return 130 if runner.interrupted and "SIGINT" in runner.interrupted else 143
+    if getattr(args, "command", "") == "run-boot-test":
+        # The developer asked for this one test: anything but a pass is a failure.
+        return EXIT_OK if all(r.status == Status.PASS for r in result.results) else EXIT_FAILED
     return EXIT_FAILED if result.blocking_failed else EXIT_OK
 
 
@@ -339,6 +468,189 @@ def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: Envi
     return anyio.run(main, backend="asyncio")
 
 
+# -- the driver developer's loop: `harness run-boot-test` -----------------------------------
+
+
+def run_boot_test_command(args: argparse.Namespace) -> int:
+    """One boot test of a build on crosvm or QEMU, as `fx run-boot-test` runs it.
+
+    tools/devshell/contrib/run-boot-test.py: the build directory comes from the
+    command line or FUCHSIA_BUILD_DIR, the arch from --arch or FUCHSIA_ARCH; the boot
+    tests are tests.json's `is_boot_test` entries whose product bundle is for that
+    arch; a name picks one by the same fuzzy match (difflib, cutoff 0.8, an exact name
+    wins); without a name they are listed. The test's own environments do not matter:
+    `--crosvm` boots it on crosvm, otherwise on QEMU (environments fuchsia-crosvm-ARCH
+    and fuchsia-qemu-ARCH, or --env). `-c ARG` adds kernel arguments, `--test-filter`
+    and `--count` are the `--gtest_filter=` and `--gtest_repeat=` shorthands. The verdict
+    is the harness's (harness.fuchsia.boottest), and the results are written as a
+    run's; `--interactive` hands the serial console to the person instead.
+    """
+    from harness.cli import default_out_dir
+    from harness.runner import RunOptions
+
+    if not args.build_dir and not (args.tests and args.product_bundles):
+        args.build_dir = os.environ.get("FUCHSIA_BUILD_DIR") or None
+        if not args.build_dir:
+            raise ConfigError("command line", None, "--build-dir",
+                              "give the Fuchsia build directory (or set FUCHSIA_BUILD_DIR, as "
+                              "fx does), or --tests and --product-bundles")
+    envs = envmod.load(args.environments)
+    bundles = load_bundles(args)
+    file = tests_file(args)
+    assert bundles is not None and file is not None
+    arch = args.arch or os.environ.get("FUCHSIA_ARCH") or ""
+
+    def cpu_of(spec: TestSpec) -> str:
+        entry = bundles.entries.get(spec.product_bundle or bundles.default)
+        return entry.cpu if entry is not None else ""
+
+    boot_tests = [s for s in load_specs(file) if s.is_boot_test
+                  and (not arch or cpu_of(s) == arch)]
+    if not boot_tests:
+        print(f"harness: no boot tests in {file}" + (f" for {arch}" if arch else ""),
+              file=sys.stderr)
+        return EXIT_OK
+    if not args.name:
+        for spec in sorted(boot_tests, key=lambda s: s.name):
+            _print_boot_test(spec, bundles, cpu_of(spec))
+        return EXIT_OK
+    spec = _pick_boot_test(args.name, boot_tests, cpu_of)
+    bundle = bundles.load(spec.product_bundle or bundles.default) if (
+        spec.product_bundle or bundles.default) else None
+    if bundle is None:
+        raise ConfigError(str(file), f"entry {spec.index} ({json.dumps(spec.name)})",
+                          "product_bundle", "names no product bundle; give --product-bundle")
+    engine = "crosvm" if args.crosvm else "qemu"
+    env = envs.get(args.env or boottest.developer_environment(engine, bundle.cpu))
+    if not env.image.product_bundle:
+        raise ConfigError("command line", None, "--env",
+                          f"{env.name} does not boot a product bundle (its image is "
+                          f"{json.dumps(env.image.name)})")
+    _name, chosen, problem = bundles.choose(spec.product_bundle, env)
+    if problem is not None or chosen is None:
+        raise ConfigError("command line", None, "--env" if args.env else "--arch", problem or "")
+    why_not = boot_skip(chosen, env)
+    if why_not:
+        raise HarnessError(f"cannot run {spec.name} on {env.name}: {why_not}")
+    run = planmod.PlannedRun(spec=spec, environment=env,
+                             spec_environment=_developer_spec_env(spec, env, args),
+                             bundle_name=chosen.name, bundle=chosen)
+    argv = make_engines()[env.engine].command(
+        planmod.run_environment(run, REDACTED_ENTROPY), chosen.image(env.arch),
+        RunPaths(workdir=Path("/tmp/harness-WORKDIR")))
+    _print_boot_test(spec, bundles, chosen.cpu, command=argv)
+    out = Path(args.out) if args.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    if args.interactive:
+        return _interactive_boot_test(run, out)
+    options = RunOptions(out_dir=out, jobs=1, progress=not args.quiet,
+                         boot_test_repro_base=boot_test_repro_base(args),
+                         bundle_base=Path(args.build_dir).resolve() if args.build_dir
+                         else bundles.base)
+    return _execute(args, [run], {}, options)
+
+
+def _pick_boot_test(name: str, boot_tests: list[TestSpec],
+                    cpu_of: Callable[[TestSpec], str]) -> TestSpec:
+    """run-boot-test.py's choice: an exact name, else the one close match (cutoff 0.8)."""
+    names = sorted({s.name for s in boot_tests})
+    if name in names:
+        chosen = name
+    else:
+        close = difflib.get_close_matches(name, names, cutoff=0.8)
+        if not close:
+            raise ConfigError("command line", None, "NAME",
+                              f"no boot test closely matches {name!r} (boot tests: "
+                              f"{', '.join(names)})")
+        if len(close) > 1:
+            raise ConfigError("command line", None, "NAME",
+                              f"{name!r} is not a boot test; the closest: {', '.join(close)}")
+        chosen = close[0]
+    found = [s for s in boot_tests if s.name == chosen]
+    if len(found) > 1:
+        cpus = ", ".join(sorted({cpu_of(s) for s in found}))
+        raise ConfigError("command line", None, "--arch",
+                          f"{chosen} is a boot test for several cpus ({cpus}): say which")
+    return found[0]
+
+
+def _developer_spec_env(spec: TestSpec, env: Environment,
+                        args: argparse.Namespace) -> SpecEnvironment:
+    """The test's own environment for this engine (for its emulator settings), plus the
+    person's kernel arguments, which come last."""
+    own = next((e for e in spec.environments if e.device_type == env.device_type), None)
+    base = own or SpecEnvironment(dimensions=dict(env.dimensions))
+    extra = [*args.cmdline, *(f"--gtest_filter={t}" for t in args.test_filter),
+             *(f"--gtest_repeat={n}" for n in args.count)]
+    if not extra:
+        return base
+    emulator = {**(base.emulator or {}), "kernel_args": [*base.kernel_args, *extra]}
+    return dataclasses.replace(base, emulator=emulator)
+
+
+def _print_boot_test(spec: TestSpec, bundles: BundleSet, cpu: str,
+                     command: list[str] | None = None) -> None:
+    """A boot test as run-boot-test.py prints one."""
+    name = spec.product_bundle or bundles.default
+    lines = [f"* {spec.name} (product bundle {name or 'none'})"]
+    if spec.label:
+        lines.append(f"    label: {spec.label}")
+    lines.append(f"    cpu: {cpu or 'Unknown!'}")
+    try:
+        bundle = bundles.load(name) if name else None
+    except ConfigError as e:
+        lines.append(f"    cannot boot: {e}")
+        bundle = None
+    if bundle is not None:
+        for key, value in (("kernel", bundle.kernel), ("zbi", bundle.zbi),
+                           ("efi disk", bundle.efi_disk)):
+            if value is not None:
+                lines.append(f"    {key}: {value}")
+    if command:
+        lines.append(f"    command: {shlex.join(command)}")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _interactive_boot_test(run: planmod.PlannedRun, out: Path) -> int:
+    """Boot the bundle and give its serial console to the person; the verdict afterwards."""
+    import secrets
+
+    from harness.guest import Guest, private_workdir
+    from harness.interactive import interact
+    from harness.runner import redact
+
+    assert run.bundle is not None
+    env = planmod.run_environment(run, secrets.token_hex(ENTROPY_MIXIN_BYTES))
+    engine = make_engines()[env.engine]
+    log = out / "serial.log"
+
+    async def main() -> None:
+        reason = await engine.unavailable(probe_environment(env))
+        if reason:
+            raise HarnessError(f"{env.name} cannot run here: {reason}")
+        guest = Guest(env, engine, run.bundle.image(env.arch), log,  # type: ignore[union-attr]
+                      workdir=private_workdir(f"harness-{env.name[:24]}-"), own_workdir=True)
+        guest.log.redact(env.entropy_mixin.encode())
+        try:
+            print(f"booting {run.spec.name} on {env.name}: "
+                  f"{redact(shlex.join(guest.command_line), env.entropy_mixin)}",
+                  file=sys.stderr)
+            await guest.launch()
+            print(f"[harness] {run.spec.name} is booting; this is its serial console. Ctrl-] "
+                  f"leaves and tears the guest down.\r", file=sys.stderr)
+            await interact(guest.console)
+        finally:
+            await guest.close()
+
+    anyio.run(main, backend="asyncio")
+    verdict = boottest.verdict_from_log(log.read_bytes() if log.exists() else b"")
+    said = "PASS: the success string was read" if verdict.status == Status.PASS \
+        else f"{verdict.status.value}: {verdict.message}"
+    print(f"\r\n[harness] {run.spec.name} on {env.name}: {said} (serial log: {log})",
+          file=sys.stderr)
+    return EXIT_OK if verdict.status == Status.PASS else EXIT_FAILED
+
+
 def _say(args: argparse.Namespace, line: str) -> None:
     if not getattr(args, "quiet", False):
         print(line, file=sys.stderr, flush=True)
@@ -384,7 +696,7 @@ def doctor_command(args: argparse.Namespace) -> int:
         for env in envs:
             engine = engines[env.engine]
             try:
-                reason = await engine.unavailable(env)
+                reason = await engine.unavailable(probe_environment(env))
             except HarnessError as e:
                 reason = str(e)
             entry: dict[str, object] = {"engine": env.engine, "runs_here": reason is None,
@@ -398,8 +710,10 @@ def doctor_command(args: argparse.Namespace) -> int:
         if doctor is not None:
             # The parser check: each crosvm environment's command line as `harness plan`
             # prints it, through the real parser (CrosvmEngine.parse_check).
+            # Environments booting a build's product bundle have no command line without
+            # a build (`plan` does not plan them either).
             argvs = {env.name: _planned_argv(crosvm, env) for env in envs
-                     if env.engine == "crosvm"}
+                     if env.engine == "crosvm" and not env.image.product_bundle}
             report["crosvm"] = await doctor(envs, argvs)
 
     anyio.run(gather, backend="asyncio")

@@ -21,9 +21,20 @@ from harness.errors import ConfigError, HarnessError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+def _build_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--build-dir", metavar="DIR",
+                   help="a Fuchsia build directory: its tests.json and product_bundles.json "
+                        "(their paths are relative to it)")
+    p.add_argument("--product-bundles", metavar="FILE",
+                   help="product_bundles.json (default: the build directory's)")
+    p.add_argument("--product-bundle", metavar="NAME",
+                   help="the product bundle to boot for tests that name none")
+
+
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tests", metavar="FILE", help="tests.json (Fuchsia test-spec format); "
-                   "default: the built-in suites")
+                   "default: the build directory's, else the built-in suites")
+    _build_args(p)
     p.add_argument("--environments", metavar="FILE",
                    help=f"environments file (default: {envmod.DEFAULT_FILE})")
     p.add_argument("--device-type", action="append", default=[], metavar="T",
@@ -73,6 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what would run, with each VMM command line")
     _selection_args(plan)
     plan.add_argument("--json", action="store_true")
+
+    boot = sub.add_parser(
+        "run-boot-test", help="run one boot test of a Fuchsia build, as `fx run-boot-test`",
+        description="Boot one boot test's product bundle on crosvm (--crosvm) or QEMU and "
+                    "judge it from serial; without NAME, list the build's boot tests.")
+    boot.add_argument("name", nargs="?", metavar="NAME",
+                      help="the boot test (the closest name matches, as fx run-boot-test)")
+    boot.add_argument("--tests", metavar="FILE", help="tests.json (default: the build's)")
+    _build_args(boot)
+    boot.add_argument("--environments", metavar="FILE",
+                      help=f"environments file (default: {envmod.DEFAULT_FILE})")
+    boot.add_argument("--crosvm", action="store_true",
+                      help="boot on crosvm (environment fuchsia-crosvm-ARCH); default: QEMU")
+    boot.add_argument("--arch", choices=sorted(envmod.CPU_DIMENSION.values()),
+                      help="the boot test's cpu (default: FUCHSIA_ARCH, else its bundle's)")
+    boot.add_argument("--env", metavar="NAME", help="boot on this environment instead")
+    boot.add_argument("-c", "--cmdline", action="append", default=[], metavar="KERNEL-ARG",
+                      help="add a kernel command-line argument (repeatable)")
+    boot.add_argument("--test-filter", action="append", default=[], metavar="TEST-NAMES",
+                      help="shorthand for -c --gtest_filter=TEST-NAMES")
+    boot.add_argument("--count", action="append", default=[], metavar="COUNT",
+                      help="shorthand for -c --gtest_repeat=COUNT")
+    boot.add_argument("--interactive", action="store_true",
+                      help="hand the serial console to you (Ctrl-] leaves); the verdict after")
+    boot.add_argument("--out", metavar="DIR", help="results directory (default: "
+                      "results/<UTC time>)")
+    boot.add_argument("--quiet", action="store_true", help="no progress lines")
 
     images = sub.add_parser("images", help="build or list the embedded default guests")
     isub = images.add_subparsers(dest="images_command", required=True)
@@ -171,6 +209,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from harness.app import plan_command
 
         return plan_command(args)
+    if args.command == "run-boot-test":
+        from harness.app import run_boot_test_command
+
+        return run_boot_test_command(args)
     if args.command == "images":
         from harness.app import images_command
 
@@ -253,6 +295,12 @@ def repro_base(args: argparse.Namespace) -> list[str]:
         base += ["--suite-path", str(path.resolve())]
     if args.tests:
         base += ["--tests", str(Path(args.tests).resolve())]
+    if getattr(args, "build_dir", None):
+        base += ["--build-dir", str(Path(args.build_dir).resolve())]
+    if getattr(args, "product_bundles", None):
+        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
+    if getattr(args, "product_bundle", None):
+        base += ["--product-bundle", args.product_bundle]
     if args.environments:
         base += ["--environments", str(Path(args.environments).resolve())]
     return base

@@ -141,8 +141,46 @@ class SerialLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with us
         self._tail = bytearray()
+        self._secrets: list[bytes] = []
+        self._held = b""
+
+    def redact(self, secret: bytes) -> None:
+        """Never let `secret` reach the log: each occurrence is written as x's of its length.
+
+        For a secret the guest may echo (Zircon's `kernel.entropy-mixin` on a kernel
+        command line a stand-in prints). The end of a read that could be the start of
+        a secret is held back until the next read says, so a secret split across
+        two reads is caught too.
+        """
+        if secret:
+            self._secrets.append(secret)
+
+    def _scrub(self, data: bytes) -> bytes:
+        data = self._held + data
+        self._held = b""
+        for secret in self._secrets:
+            data = data.replace(secret, b"x" * len(secret))
+        for secret in self._secrets:
+            for k in range(min(len(secret) - 1, len(data)), 0, -1):
+                if secret.startswith(data[-k:]):
+                    self._held, data = data[-k:], data[:-k]
+                    return data
+        return data
+
+    def _release(self) -> None:
+        """Write what was held back as a possible secret start: no more data is coming."""
+        held, self._held = self._held, b""
+        if held:
+            self._append(held)
 
     def write(self, data: bytes) -> int:
+        n = len(data)
+        if self._secrets:
+            data = self._scrub(data)
+        self._append(data)
+        return n
+
+    def _append(self, data: bytes) -> int:
         self._tail += data
         if len(self._tail) > 2 * TAIL_BYTES:
             del self._tail[:-TAIL_BYTES]
@@ -165,6 +203,7 @@ class SerialLog:
 
     def redirect(self, path: Path) -> None:
         """Continue the log in another file (the next test on a shared guest)."""
+        self._release()
         self._file.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -173,6 +212,7 @@ class SerialLog:
 
     def mark(self, text: str) -> None:
         """A visible harness line in the log (boot separators, test boundaries)."""
+        self._release()
         line = f"\n===== harness: {text} =====\n".encode()
         self._file.write(line)
         self._tail += line
@@ -181,6 +221,8 @@ class SerialLog:
         return bytes(self._tail[-n:]).decode("utf-8", errors="replace")
 
     def close(self) -> None:
+        if not self._file.closed:
+            self._release()
         self._file.close()
 
 

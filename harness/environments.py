@@ -23,6 +23,9 @@ ACCELS = ("kvm", "tcg", "auto")
 PROFILES = ("linux", "zircon")
 PANIC_POLICIES = ("reset", "halt")
 CPU_DIMENSION = {"x86_64": "x64", "arm64": "arm64"}
+# `"image": "product-bundle"`: the guest is the Fuchsia product bundle the test names (its
+# `kernel` image, the Linux boot shim, booted with its ZBI as the initrd); see harness.fuchsia.
+PRODUCT_BUNDLE_IMAGE = "product-bundle"
 
 # Device types a configuration may name, with the options each accepts.
 DEVICE_OPTIONS: dict[str, dict[str, type]] = {
@@ -60,15 +63,17 @@ class DeviceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ImageRef:
-    """Either an embedded image name (built by `harness images build`) or explicit files."""
+    """An embedded image name (built by `harness images build`), explicit files, or the
+    product bundle of the test being run (`product_bundle`: chosen per run, not here)."""
 
     name: str = ""
     kernel: Path | None = None
     initrd: Path | None = None
+    product_bundle: bool = False
 
     @property
     def embedded(self) -> bool:
-        return self.kernel is None
+        return self.kernel is None and not self.product_bundle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,13 @@ class Environment:
     boot_timeout_s: float = 120.0
     disable_sandbox: bool = True
     description: str = ""
+    # Per launch, never from environments.json: the runner derives a copy of the environment
+    # for each guest it starts (harness.plan.run_environment). `entropy_mixin` is the fresh
+    # `kernel.entropy-mixin` Fuchsia's botanist gives every Zircon boot (a secret: kept out of
+    # repr, logs and reports); `no_reboot` makes the VMM exit on a guest reset instead of
+    # resetting, as `fx run-boot-test` runs QEMU for boot tests (`-no-reboot`).
+    entropy_mixin: str = dataclasses.field(default="", repr=False)
+    no_reboot: bool = False
 
     @property
     def device_type(self) -> str:
@@ -208,6 +220,8 @@ def _device_config(file: str, name: str, obj: Any) -> DeviceConfig:
 
 def _image(c: _Checker, base: Path) -> ImageRef:
     value = c.get("image", (str, dict))
+    if value == PRODUCT_BUNDLE_IMAGE:
+        return ImageRef(name=value, product_bundle=True)
     if isinstance(value, str):
         return ImageRef(name=value)
     ic = _Checker(c.file, c.entry, value)
@@ -242,6 +256,11 @@ def _environment(
     boot_timeout = c.get("boot_timeout_s", (int, float), 120)
     if boot_timeout <= 0:
         c.fail("boot_timeout_s", f"must be positive, got {boot_timeout}")
+    profile = c.get("profile", str, "linux", choices=PROFILES)
+    image = _image(c, base)
+    if image.product_bundle and profile != "zircon":
+        c.fail("profile", f"image '{PRODUCT_BUNDLE_IMAGE}' boots a Fuchsia build, whose guest "
+                          f"is Zircon: the profile must be zircon, got {json.dumps(profile)}")
     return Environment(
         name=name,
         dimensions=dimensions,
@@ -252,8 +271,8 @@ def _environment(
         memory_mib=c.positive("memory_mib", 512),
         accel=accel,
         kernel_args=c.strings("kernel_args", []),
-        profile=c.get("profile", str, "linux", choices=PROFILES),
-        image=_image(c, base),
+        profile=profile,
+        image=image,
         devices=configs[devices_name],
         blocking=c.get("blocking", bool, True),
         panic_policy=c.get("panic_policy", str, "reset", choices=PANIC_POLICIES),

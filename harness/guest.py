@@ -125,11 +125,18 @@ class Guest:
             os.close(slave)
         self.console.attach(master)
 
+    async def launch(self) -> Boot:
+        """Launch the VMM and return at once: the caller watches the console itself
+        (a boot test, which has no shell to wait for, only a verdict on serial)."""
+        self.log.mark(f"boot 1: {self.env.name} ({self.env.engine}, {self.env.arch})")
+        boot = Boot(1, time.monotonic())
+        self.boots.append(boot)
+        await self._launch()
+        return boot
+
     async def start(self) -> Boot:
         """Launch the VMM and wait for the first boot to reach the shell."""
-        self.log.mark(f"boot 1: {self.env.name} ({self.env.engine}, {self.env.arch})")
-        self.boots.append(Boot(1, time.monotonic()))
-        await self._launch()
+        await self.launch()
         return await self.wait_boot(self.env.boot_timeout_s)
 
     async def wait_reset(self, timeout: float | None = None) -> Boot:
@@ -180,6 +187,10 @@ class Guest:
         self.log.mark(f"boot {n}: relaunching {self.env.engine} after {info.explanation}")
         self.boots[-1].relaunch = True
         await self._launch()
+
+    async def reap(self) -> ExitInfo:
+        """The VMM closed the console: how it exited (waited for briefly, then classified)."""
+        return await self._reap()
 
     async def _reap(self, timeout: float = 10.0) -> ExitInfo:
         """The VMM closed its console: wait for its exit and classify it."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from harness.environments import Environment
+from harness.environments import Environment, ImageRef
 from harness.errors import HarnessError
 from harness.fuchsia.tefmocheck import vmm_failure
 from harness.profiles.base import clean_text
@@ -44,11 +44,27 @@ STDERR_READ_MAX = 64 * 1024
 _LINE_CARRY_MAX = 4096
 
 
+# What proves KVM for an environment that boots a build's product bundle: its image is each
+# test's, and has no shell to reach, so the embedded Linux guest of the arch boots instead.
+PRODUCT_BUNDLE_PROBE_IMAGE = "debian-generic"
+
+
+def probe_environment(env: Environment) -> Environment:
+    """The environment whose boot proves KVM for `env`: itself, or for one that boots a
+    product bundle, the same machine with the embedded Linux guest (whose verdict the
+    Linux environments of that engine and arch share)."""
+    if not env.image.product_bundle:
+        return env
+    return dataclasses.replace(env, profile="linux", kernel_args=(),
+                               image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
+
+
 async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
     """Boot `env`'s image with accel=kvm and no devices; (True, how long) or (False, why)."""
     from harness.app import image_for
     from harness.guest import Guest
 
+    env = probe_environment(env)
     try:
         image = await anyio.to_thread.run_sync(image_for, env)
     except HarnessError as e:

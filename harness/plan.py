@@ -1,10 +1,30 @@
 """The plan: which (test, environment) pairs run, which are skipped, and on which shard.
 
-Pairing is a plain dimension match (`Environment.matches`) between each
-tests.json environment and each environments.json environment, so the plan is
-exactly what Fuchsia's infra would schedule for the same dimensions. Selection
-narrows it; a suite's requirements (checked by the runner through `check`) turn
-a pair into a planned SKIP with a reason rather than dropping it, so reports
+Pairing matches each tests.json environment's dimensions against each
+environments.json environment (`Environment.matches`), in one of two ways:
+
+- Fuchsia's (`testsharder=True`, for a tests.json the person gives or a build's),
+  reproduced from tools/integration/testsharder (MakeShards, populateEnvDefaults):
+  a test environment without a `cpu` takes the test's (for emulator and host
+  environments only); its `tags` must equal the selected tags exactly (testsharder's
+  environment tags: none selected, only untagged environments run); and each test
+  environment is exactly one run, on one environment. Of the environments it
+  matches, `os: fuchsia` tests take only Zircon-profile ones and other tests only
+  the rest, boot tests only those that boot a product bundle; ties go to the
+  environment with the fewest dimensions the test environment did not ask for
+  (the plainest machine of its kind: `{device_type: QEMU, cpu: x64}` is qemu-x64,
+  not qemu-x64-minimal), then to the first name in sort order. Environments named
+  with --env are the person's choice instead of the tie rule: the test environment
+  runs on each named one it matches.
+- the harness's own (the built-in suites): every environment whose dimensions
+  match, since the suites are written to run wherever they fit and say themselves
+  what they need.
+
+Environments that boot a product bundle are planned only when product bundles are
+given (a build directory); without them they are not planned, and the plan says so.
+Selection narrows the candidates before a tie is decided; a suite's requirements
+(checked through `check`) and a product bundle that cannot boot on an environment
+turn a pair into a planned SKIP with a reason rather than dropping it, so reports
 say why a test did not run in an environment.
 
 Selection semantics: filters of different kinds combine with AND, values of one
@@ -31,11 +51,16 @@ from typing import Any
 
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError
+from harness.fuchsia.build import BundleSet, ProductBundle, boot_skip
 from harness.spec import SpecEnvironment, TestSpec, paused_gc
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[TestSpec, Environment], str | None]
+
+# Device types Fuchsia's infra treats as emulators (build.Environment.TargetsEmulator):
+# testsharder gives their environments, and host ones, the default cpu.
+EMULATOR_DEVICE_TYPES = frozenset({"QEMU", "AEMU", "crosvm"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +84,11 @@ class PlannedRun:
     skip_reason: str | None = None
     shard: int = 0
     spec_environment: SpecEnvironment | None = None
+    # On an environment that boots a product bundle: the bundle the run boots (the test's
+    # own, else --product-bundle's), loaded; or why it cannot be (an INFRA_FAIL of this run).
+    bundle_name: str = ""
+    bundle: ProductBundle | None = None
+    bundle_problem: str | None = None
 
     @property
     def key(self) -> str:
@@ -73,6 +103,8 @@ class Plan:
     unmatched: list[tuple[TestSpec, SpecEnvironment]]
     # Later entries whose key an earlier entry already planned (same name, same environment).
     duplicates: list[PlannedRun] = dataclasses.field(default_factory=list)
+    # What a person should know about what was not planned and why (printed under the plan).
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 class _Selector:
@@ -97,7 +129,7 @@ class _Selector:
                 return False
         return True
 
-    def pair(self, spec_env: SpecEnvironment, env: Environment) -> bool:
+    def pair(self, spec_env: SpecEnvironment, env: Environment, *, tags: bool = True) -> bool:
         if self.env_names and env.name not in self.env_names:
             return False
         if self.device_types:
@@ -106,9 +138,14 @@ class _Selector:
             device_type = spec_env.dimensions.get("device_type") or env.device_type
             if device_type.lower() not in self.device_types:
                 return False
-        return not self.tags or not (
+        return not tags or not self.tags or not (
             self.tags.isdisjoint(spec_env.tags) and self.tags.isdisjoint(env.tags)
         )
+
+    def tags_equal(self, spec_env: SpecEnvironment) -> bool:
+        """testsharder's rule: a test environment runs only when its tags are the selected
+        ones, exactly (order aside; no tags selected: only untagged environments run)."""
+        return self.tags == frozenset(spec_env.tags)
 
     def unmatched(self, spec_env: SpecEnvironment) -> bool:
         """Whether a spec environment with no environment to run in is worth reporting:
@@ -126,8 +163,14 @@ def make_plan(
     selection: Selection | None = None,
     *,
     check: Check | None = None,
+    testsharder: bool = False,
+    bundles: BundleSet | None = None,
 ) -> Plan:
     """Pair specs with environments, in spec order and then environment name.
+
+    `testsharder`: Fuchsia's matching (see the module docstring), else every
+    matching environment. `bundles`: the build's product bundles; without them,
+    environments that boot a product bundle are not planned.
 
     Disabled specs (no environments) are listed when the suite/glob filters select
     them; they never pair. A later entry whose (name, environment) an earlier entry
@@ -135,14 +178,56 @@ def make_plan(
     are keyed by it, so two runs could not both be reported.
     """
     with paused_gc():
-        return _make_plan(specs, envs, selection if selection is not None else Selection(), check)
+        return _make_plan(specs, envs, selection if selection is not None else Selection(),
+                          check, testsharder, bundles)
+
+
+def default_cpu(dimensions: Mapping[str, str], cpu: str) -> Mapping[str, str]:
+    """testsharder's populateEnvDefaults: an emulator or host environment without a `cpu`
+    takes the default one (Fuchsia's target_cpu, which is the test's own `cpu` for every
+    test a build makes for its target; here the test's)."""
+    device_type = dimensions.get("device_type", "")
+    if "cpu" in dimensions or not cpu:
+        return dimensions
+    if device_type and device_type not in EMULATOR_DEVICE_TYPES:
+        return dimensions  # hardware: its cpu is the device's, not the build's
+    return {**dimensions, "cpu": cpu}
+
+
+def eligible(spec: TestSpec, env: Environment, *, testsharder: bool) -> bool:
+    """Whether `spec` may run on `env` at all, whatever the dimensions say.
+
+    A boot test boots a product bundle, so only an environment that boots one can
+    run it. Under Fuchsia's matching, an `os: fuchsia` test needs a Fuchsia guest
+    (Zircon profile) and any other test a guest that is not (a Linux guest runs
+    its `path`).
+    """
+    if spec.is_boot_test:
+        return env.image.product_bundle
+    if not testsharder:
+        return True
+    return (env.profile == "zircon") == (spec.os == "fuchsia")
+
+
+def _tie_key(env: Environment, dims: Mapping[str, str]) -> tuple[int, str]:
+    """The plainest environment first: fewest dimensions the test environment did not ask
+    for, then the first name in sort order."""
+    return (sum(1 for k in env.dimensions if k not in dims), env.name)
 
 
 def _make_plan(
-    specs: Iterable[TestSpec], envs: EnvironmentSet, selection: Selection, check: Check | None
+    specs: Iterable[TestSpec], envs: EnvironmentSet, selection: Selection, check: Check | None,
+    testsharder: bool, bundles: BundleSet | None,
 ) -> Plan:
     sel = _Selector(selection)
     ordered = sorted(envs, key=lambda env: env.name)
+    notes: list[str] = []
+    if bundles is None:
+        skipped = [e.name for e in ordered if e.image.product_bundle]
+        if skipped:
+            ordered = [e for e in ordered if not e.image.product_bundle]
+            notes.append(f"not planned (they boot a build's product bundle; give --build-dir "
+                         f"or --product-bundles): {', '.join(skipped)}")
     # Real tests.json files repeat a handful of dimension sets thousands of times.
     matches_for: dict[tuple[tuple[str, str], ...], list[Environment]] = {}
     runs: list[PlannedRun] = []
@@ -150,6 +235,7 @@ def _make_plan(
     unmatched: list[tuple[TestSpec, SpecEnvironment]] = []
     duplicates: list[PlannedRun] = []
     planned: set[str] = set()
+    other_tags = 0
     for spec in specs:
         if not sel.spec(spec):
             continue
@@ -158,16 +244,28 @@ def _make_plan(
             continue
         chosen: dict[str, tuple[Environment, SpecEnvironment]] = {}
         for spec_env in spec.environments:
-            dims = spec_env.dimensions
+            if testsharder and not sel.tags_equal(spec_env):
+                other_tags += 1
+                continue
+            dims = default_cpu(spec_env.dimensions, spec.cpu) if testsharder \
+                else spec_env.dimensions
             cache_key = tuple(sorted(dims.items()))
             matching = matches_for.get(cache_key)
             if matching is None:
                 matching = matches_for[cache_key] = [e for e in ordered if e.matches(dims)]
-            if not matching:
+            candidates = [e for e in matching if eligible(spec, e, testsharder=testsharder)]
+            if not candidates:
                 if sel.unmatched(spec_env):
                     unmatched.append((spec, spec_env))
                 continue
-            for env in matching:
+            if testsharder:
+                picked = [e for e in candidates if sel.pair(spec_env, e, tags=False)]
+                if picked and not sel.env_names:
+                    picked = [min(picked, key=lambda e: _tie_key(e, dims))]
+                for env in picked:  # environments named with --env: each one the person named
+                    chosen.setdefault(env.name, (env, spec_env))
+                continue
+            for env in candidates:
                 if env.name not in chosen and sel.pair(spec_env, env):
                     chosen[env.name] = (env, spec_env)
         for env_name in sorted(chosen):
@@ -180,9 +278,47 @@ def _make_plan(
                                              spec_environment=spec_env))
                 continue
             planned.add(key)
+            skip = check(spec, env) if check is not None else None
+            bundle_name, bundle, problem = "", None, None
+            if env.image.product_bundle and bundles is not None:
+                bundle_name, bundle, problem = bundles.choose(spec.product_bundle, env)
+                if not bundle_name:
+                    skip = skip or (f"no product bundle to boot: tests.json entry {spec.index} "
+                                    "names none and no --product-bundle was given")
+                elif bundle is not None:
+                    skip = skip or boot_skip(bundle, env)
             runs.append(PlannedRun(spec=spec, environment=env, spec_environment=spec_env,
-                                   skip_reason=check(spec, env) if check is not None else None))
-    return Plan(runs=runs, disabled=disabled, unmatched=unmatched, duplicates=duplicates)
+                                   skip_reason=skip, bundle_name=bundle_name, bundle=bundle,
+                                   bundle_problem=problem))
+    if other_tags:
+        wanted = ", ".join(sorted(sel.tags)) or "none"
+        notes.append(f"{other_tags} test environments not planned: their tags are not the "
+                     f"selected tags ({wanted}), which testsharder requires exactly")
+    return Plan(runs=runs, disabled=disabled, unmatched=unmatched, duplicates=duplicates,
+                notes=notes)
+
+
+def run_environment(run: PlannedRun, entropy_mixin: str = "") -> Environment:
+    """The environment one run boots: its environment plus what this run adds.
+
+    The test environment's `emulator.kernel_args` go after the environment's own
+    arguments (botanist: the builder's arguments, then the shard environment's); a
+    Zircon guest gets `entropy_mixin` (the runner makes a fresh one per boot; a plan
+    shows a redacted one); a boot test makes the VMM exit on a guest reset (QEMU
+    `-no-reboot`, as run-boot-test.py runs boot tests). A pure function, so that
+    `harness plan` prints exactly the argv a run launches.
+    """
+    env = run.environment
+    changes: dict[str, Any] = {}
+    extra = run.spec_environment.kernel_args if run.spec_environment is not None else ()
+    if extra:
+        changes["kernel_args"] = (*env.kernel_args, *extra)
+    if entropy_mixin and env.profile == "zircon":
+        changes["entropy_mixin"] = entropy_mixin
+    if run.spec.is_boot_test:
+        changes["no_reboot"] = True
+    return dataclasses.replace(env, **changes) if changes else env
+
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -252,7 +388,8 @@ def _assign_shards(
     for run, s in zip(runs, shard_of, strict=True):
         if run.shard != s:
             # dataclasses.replace is several times slower, and this runs per test.
-            run = PlannedRun(run.spec, run.environment, run.skip_reason, s, run.spec_environment)
+            run = PlannedRun(run.spec, run.environment, run.skip_reason, s, run.spec_environment,
+                             run.bundle_name, run.bundle, run.bundle_problem)
         shards[s].append(run)
     return shards
 
@@ -363,6 +500,8 @@ def plan_json(
                 "blocking": run.environment.blocking,
                 "skip_reason": run.skip_reason,
                 "shard": run.shard,
+                "product_bundle": run.bundle_name or None,
+                "bundle_problem": run.bundle_problem,
                 "argv": argv_for(run),
             }
             for run in runs
@@ -375,6 +514,7 @@ def plan_json(
             for spec, env in plan.unmatched
         ],
         "duplicates": [{"key": run.key, "index": run.spec.index} for run in plan.duplicates],
+        "notes": list(plan.notes),
     }
 
 
@@ -385,8 +525,9 @@ def plan_text(
 ) -> str:
     """A table for people: one line per run, then what was disabled, unmatched or duplicated."""
     runs, _ = _sharded(plan, total_shards, durations)
-    header = ("SHARD", "ENVIRONMENT", "TEST", "SUITE", "ENGINE", "ARCH", "BLOCKING", "STATUS")
-    rows = [
+    header: tuple[str, ...] = ("SHARD", "ENVIRONMENT", "TEST", "SUITE", "ENGINE", "ARCH",
+                               "BLOCKING", "STATUS")
+    rows: list[tuple[str, ...]] = [
         (
             str(run.shard),
             run.environment.name,
@@ -395,10 +536,16 @@ def plan_text(
             run.environment.engine,
             run.environment.arch,
             "yes" if run.environment.blocking else "no (FYI)",
-            f"skip: {run.skip_reason}" if run.skip_reason is not None else "run",
+            f"skip: {run.skip_reason}" if run.skip_reason is not None
+            else f"infra fail: {run.bundle_problem}" if run.bundle_problem is not None
+            else "run",
         )
         for run in runs
     ]
+    if any(run.bundle_name for run in runs):
+        header = (*header[:6], "BUNDLE", *header[6:])
+        rows = [(*row[:6], run.bundle_name or "-", *row[6:])
+                for row, run in zip(rows, runs, strict=True)]
     if total_shards == 1:
         header, rows = header[1:], [row[1:] for row in rows]
     widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
@@ -414,4 +561,5 @@ def plan_text(
         lines.append(f"no environment matches {spec.name} [{dims}]")
     for run in plan.duplicates:
         lines.append(f"duplicate ignored: entry {run.spec.index} {run.key}")
+    lines.extend(plan.notes)
     return "\n".join(lines) + "\n"

@@ -31,7 +31,11 @@ from harness.results import TestResult
 SUMMARY = "summary.json"
 REPRO_SCRIPT = "repro.sh"
 # Options of `harness run` whose value is an input file or directory the repro needs.
-INPUT_OPTIONS = ("--tests", "--environments", "--suite-path", "--durations-from")
+INPUT_OPTIONS = ("--tests", "--environments", "--suite-path", "--durations-from", "--build-dir",
+                 "--product-bundles")
+# The commands a stored repro line may run: a test of a run, or (a build's boot tests) the
+# driver developer's `harness run-boot-test`, which re-runs a boot test as `fx run-boot-test`.
+REPRO_COMMANDS = ("run", "run-boot-test")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -78,7 +82,8 @@ def write_repro_script(out_dir: Path, result: TestResult) -> str | None:
 
 
 def run_arguments(line: str, where: str, key: str) -> list[str]:
-    """The arguments of a stored repro line from `run` on, without the program that ran it."""
+    """The arguments of a stored repro line from `run` (or `run-boot-test`) on, without the
+    program that ran it."""
     try:
         tokens = shlex.split(line)
     except ValueError as e:
@@ -89,7 +94,7 @@ def run_arguments(line: str, where: str, key: str) -> list[str]:
         start = 3
     else:
         raise ConfigError(where, key, "repro", f"not a harness command: {line!r}")
-    if tokens[start:start + 1] != ["run"]:
+    if len(tokens) <= start or tokens[start] not in REPRO_COMMANDS:
         raise ConfigError(where, key, "repro", f"not a `harness run` command: {line!r}")
     return tokens[start:]
 

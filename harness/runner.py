@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import os
+import secrets
 import shlex
 import signal
 import sys
@@ -29,11 +30,14 @@ from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
 from harness.engines.base import Engine
 from harness.environments import Environment
 from harness.errors import HarnessError
-from harness.fuchsia import serialtester
+from harness.fuchsia import boottest, serialtester
+from harness.fuchsia.build import describe
 from harness.fuchsia.tefmocheck import synthetic_results
 from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
-from harness.plan import PlannedRun
+from harness.kvmprobe import probe_environment
+from harness.plan import PlannedRun, run_environment
+from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
 from harness.suite import Skip, SuiteTest, TestContext
@@ -54,6 +58,11 @@ class RunOptions:
     # The line printed as each test finishes (None: print nothing for it); default
     # `progress_line`. harness.report.terminal's summarises skips instead of listing them.
     progress_line: Callable[[TestResult, int, int], str | None] | None = None
+    # A build's boot tests: `harness run-boot-test` with the inputs (build dir or bundles
+    # file, environments), to which the repro line adds the test and the environment.
+    boot_test_repro_base: Sequence[str] = ()
+    # What bundle image paths in reports are relative to (the build directory).
+    bundle_base: Path | None = None
 
 
 def _now() -> dt.datetime:
@@ -140,12 +149,17 @@ class Runner:
     # -- scheduling ----------------------------------------------------------------------------
 
     def _groups(self) -> list[list[PlannedRun]]:
-        """Shareable tests of one environment form one group (one guest); others run alone."""
-        shared: dict[str, list[PlannedRun]] = {}
+        """Shareable tests of one environment form one group (one guest); others run alone.
+
+        Runs share a guest only when they would boot the same one: the same environment,
+        product bundle and test-environment kernel arguments.
+        """
+        shared: dict[tuple[str, str, tuple[str, ...]], list[PlannedRun]] = {}
         groups: list[list[PlannedRun]] = []
         for r in self.runs:
             if shares_guest(r, self.tests) and r.skip_reason is None:
-                shared.setdefault(r.environment.name, []).append(r)
+                extra = r.spec_environment.kernel_args if r.spec_environment else ()
+                shared.setdefault((r.environment.name, r.bundle_name, extra), []).append(r)
             else:
                 groups.append([r])
         # Long groups first: they bound the run's wall time.
@@ -169,10 +183,11 @@ class Runner:
                     state.unavailable = f"no engine named {env.engine}"
                 else:
                     try:
-                        state.unavailable = await engine.unavailable(env)
+                        state.unavailable = await engine.unavailable(probe_environment(env))
                     except HarnessError as e:
                         state.unavailable = str(e)
-                if state.unavailable is None:
+                # A product bundle is each run's own (PlannedRun.bundle), not the environment's.
+                if state.unavailable is None and not env.image.product_bundle:
                     try:
                         state.image = await anyio.to_thread.run_sync(self.image_for, env)
                     except HarnessError as e:
@@ -238,20 +253,41 @@ class Runner:
         result = self.results[run.key]
         result.folder = str(folder.relative_to(self.opt.out_dir).parts[0]) + "/" + \
             safe_name(run.spec.name)
+        if run.bundle_name:
+            # Named on every attempt, so JUnit and summary.json say which bundle even of a
+            # run that was skipped or could not boot it.
+            attempt.properties["product_bundle"] = run.bundle_name
         if run.skip_reason:
             attempt.status, attempt.message = Status.SKIP, run.skip_reason
+            return attempt, shared
+        if run.bundle_problem is not None:
+            # The build's fault, for the tests that need this bundle only.
+            attempt.status = Status.INFRA_FAIL
+            attempt.message = (f"product bundle {run.bundle_name} cannot be booted: "
+                               f"{run.bundle_problem}")
             return attempt, shared
         state = await self._env_state(env)
         if state.unavailable:
             attempt.status, attempt.message = Status.SKIP, state.unavailable
             return attempt, shared
-        if state.image_error or state.image is None:
+        image: GuestImage
+        if env.image.product_bundle:
+            if run.bundle is None:  # the plan skips these; only a hand-made plan gets here
+                attempt.status = Status.INFRA_FAIL
+                attempt.message = f"{env.name} boots a product bundle, and the run has none"
+                return attempt, shared
+            image = run.bundle.image(env.arch)
+            attempt.properties.update(describe(run.bundle, self.opt.bundle_base
+                                               or run.bundle.directory))
+        elif state.image_error or state.image is None:
             attempt.status = Status.INFRA_FAIL
             attempt.message = f"guest image unavailable: {state.image_error}"
             return attempt, shared
+        else:
+            image = state.image
         engine = self.engines[env.engine]
         result.accel = engine.accel(env)
-        result.kernel = state.image.kernel_version
+        result.kernel = image.kernel_version
         vmm_version = getattr(engine, "vmm_version", None)  # engines that can tell (crosvm)
         result.vmm_version = vmm_version(env) if vmm_version is not None else ""
         test = self.tests.get(run.spec.name)
@@ -261,19 +297,31 @@ class Runner:
         func = test.func if test else _program_test
         if test is None and serialtester.handles(run.spec, env):  # issue 11: Fuchsia's tester
             func, timeout = self.serial_tester.test, serialtester.outer_timeout(run.spec)
+        if run.spec.is_boot_test:
+            accel = run.spec_environment.accel if run.spec_environment else ""
+            timeout = boottest.timeout_s(run.spec.timeout_secs, accel)
         try:
+            if run.spec.is_boot_test:
+                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                self._write_command(folder, guest)
+                await self._boot_test(run, guest, attempt, timeout)
+                await self._wrap_up(attempt, guest, None, folder, t0)
+                return attempt, None
             if guest is None:
                 if shared is not None:
                     await shared.close()
-                guest = self._new_guest(env, engine, state.image, folder)
-                (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
-                with anyio.fail_after(env.boot_timeout_s + 30):
-                    boot = await guest.start()
+                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                self._write_command(folder, guest)
+                # A test's own bootup_timeout_secs replaces the environment's boot deadline.
+                boot_timeout = run.spec.bootup_timeout_secs or env.boot_timeout_s
+                with anyio.fail_after(boot_timeout + 30):
+                    await guest.launch()
+                    boot = await guest.wait_boot(boot_timeout)
                 attempt.properties["boot_s"] = f"{boot.ready_s:.3f}"
             else:
                 guest.log.redirect(folder / "serial.log")
                 guest.log.mark(f"test {run.spec.name}: guest shared, booted earlier")
-                (folder / "vmm-command.txt").write_text(shlex.join(guest.command_line) + "\n")
+                self._write_command(folder, guest)
             ctx = TestContext(guest=guest, env=env, spec=run.spec, folder=folder,
                               params=spec_params(run.spec))
             try:
@@ -339,8 +387,43 @@ class Runner:
 
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         disks = make_disks(env, workdir)
-        return Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
-                     log_cap=self.opt.log_cap, own_workdir=True)
+        guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
+                      log_cap=self.opt.log_cap, own_workdir=True)
+        if env.entropy_mixin:
+            guest.log.redact(env.entropy_mixin.encode())
+        return guest
+
+    @staticmethod
+    def _boot_environment(run: PlannedRun) -> Environment:
+        """The run's environment for one boot: a Zircon guest's fresh entropy mixin
+        (botanist makes one per emulator start), the test environment's kernel arguments,
+        `-no-reboot` for a boot test."""
+        fresh = secrets.token_hex(ENTROPY_MIXIN_BYTES)
+        return run_environment(run, fresh)
+
+    @staticmethod
+    def _write_command(folder: Path, guest: Guest) -> None:
+        (folder / "vmm-command.txt").write_text(
+            redact(shlex.join(guest.command_line), guest.env.entropy_mixin) + "\n")
+
+    async def _boot_test(self, run: PlannedRun, guest: Guest, attempt: Attempt,
+                         timeout: float) -> None:
+        """A boot test: the verdict comes from serial (harness.fuchsia.boottest)."""
+        bootup = run.spec.bootup_timeout_secs
+        # The verdict has its own deadlines; this one only backs them up.
+        with anyio.fail_after(timeout + (bootup or 0) + 60):
+            verdict = await boottest.run_boot_test(guest, timeout=timeout, bootup_timeout=bootup)
+        attempt.status, attempt.message = verdict.status, verdict.message
+        attempt.details = verdict.details
+        attempt.cases = verdict.cases
+        attempt.properties["boot_test_s"] = f"{verdict.elapsed_s:.3f}"
+        attempt.properties["boot_test_timeout_s"] = f"{timeout:g}"
+        if verdict.format:
+            attempt.properties["format"] = verdict.format
+        failed = [c for c in verdict.cases if c.status == Status.FAIL]
+        if failed and verdict.status == Status.FAIL:
+            attempt.message += (f"; {len(failed)} of {len(verdict.cases)} cases failed: "
+                                + ", ".join(c.name for c in failed[:5]))
 
     async def _wrap_up(self, attempt: Attempt, guest: Guest | None, keep: Guest | None,
                        folder: Path, t0: float) -> None:
@@ -350,9 +433,17 @@ class Runner:
         attempt.serial_tail = guest.log.tail(8192)
         attempt.artifacts["serial.log"] = (folder / "serial.log").relative_to(
             self.opt.out_dir).as_posix()
+        secret = guest.env.entropy_mixin
+        if secret:
+            # Crash excerpts and tails come from the console, which saw the guest's bytes.
+            attempt.message = redact(attempt.message, secret)
+            attempt.details = redact(attempt.details, secret)
+            attempt.serial_tail = redact(attempt.serial_tail, secret)
+            for case in attempt.cases:
+                case.message = redact(case.message, secret)
         if guest is keep:
             return
-        err = guest.vmm_stderr(1 << 20)  # before close() removes the workdir
+        err = redact(guest.vmm_stderr(1 << 20), secret)  # before close() removes the workdir
         if err:
             (folder / "vmm-stderr.log").write_text(err)
         if (self.opt.keep_failed and guest.running and not self.interrupted
@@ -401,7 +492,11 @@ class Runner:
             tags={"device_type": env.device_type, "devices": env.devices.name},
             source=(inspect.getsourcefile(test.func) or "") if test else "",
         )
-        if self.opt.repro_base:
+        if r.spec.is_boot_test and self.opt.boot_test_repro_base:
+            # The developer's loop: `harness run-boot-test`, as `fx run-boot-test` does.
+            res.repro = shlex.join([*self.opt.boot_test_repro_base, r.spec.name,
+                                    *boottest.repro_arguments(env)])
+        elif self.opt.repro_base:
             res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,
                                     "-k", exact_glob(r.spec.name)])  # issue 5: escaped
         return res
@@ -418,6 +513,8 @@ def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
     emulators, unless the entry is `isolated` (Fuchsia's own field for that); a
     program that crashes or fails its guest gets it discarded all the same.
     """
+    if run.spec.is_boot_test:
+        return False  # the booted system is the test
     test = tests.get(run.spec.name)
     if test is not None:
         return test.shares_guest
@@ -439,6 +536,11 @@ def progress_line(result: TestResult, done: int, total: int) -> str:
     if result.status != Status.PASS and result.final.message:
         line += f": {terminal_safe(result.final.message)[:200]}"
     return line
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with `secret` written as x's (Zircon redacts its entropy mixin the same way)."""
+    return text.replace(secret, "x" * len(secret)) if secret and text else text
 
 
 def safe_name(name: str) -> str:

@@ -44,6 +44,9 @@ _TEST_FIELDS = frozenset(
 
 # Suite name given to tests that run a binary at `test.path` inside the guest.
 PATH_SUITE = "path"
+# Suite name of boot tests (`is_boot_test`): the booted system is the test; `path` is a host
+# script (harness.fuchsia.boottest).
+BOOT_TEST_SUITE = "boot_test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +60,18 @@ class SpecEnvironment:
     @property
     def device_type(self) -> str:
         return self.dimensions.get("device_type", "")
+
+    @property
+    def kernel_args(self) -> tuple[str, ...]:
+        """`emulator.kernel_args`: appended to the guest's kernel command line, last
+        (botanist's order: tools/botanist/targets/emulator.go)."""
+        return tuple((self.emulator or {}).get("kernel_args") or ())
+
+    @property
+    def accel(self) -> str:
+        """`emulator.accel`: "none" asks for TCG, which Fuchsia gives twice the time."""
+        value = (self.emulator or {}).get("accel")
+        return value if isinstance(value, str) else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,12 +104,15 @@ class TestSpec:
     def suite(self) -> str:
         """The harness suite that runs this entry.
 
-        An entry with a `path` runs that binary in the guest (suite "path"). A
+        A boot test is suite "boot_test" (its `path` is a host script, never run). An
+        entry with a `path` runs that binary in the guest (suite "path"). A
         built-in suite test is named "SUITE.TEST" where SUITE is a module name in
         suites/; the identifier check keeps names such as
         "fuchsia-pkg://fuchsia.com/x#meta/x.cm" from being split at a dot. Anything
         else has no suite ("") and is left to the runner to report.
         """
+        if self.is_boot_test:
+            return BOOT_TEST_SUITE
         if self.path:
             return PATH_SUITE
         suite, dot, test = self.name.partition(".")
@@ -105,7 +123,7 @@ class TestSpec:
     @property
     def test(self) -> str:
         """The test within `suite`: the part after "SUITE." for built-ins, else the name."""
-        if self.path:
+        if self.path or self.is_boot_test:
             return self.name
         suite, dot, test = self.name.partition(".")
         if dot and test and suite.isidentifier():
@@ -213,6 +231,14 @@ def _environment(e: _Entry, i: int, obj: Any) -> SpecEnvironment:
     emulator = obj.get("emulator")
     if emulator is not None and type(emulator) is not dict:
         e.wrong(f"environments[{i}].emulator", "an object", emulator)
+    if emulator:
+        # Acted on (they reach the kernel command line), so checked like the fields above.
+        args = emulator.get("kernel_args")
+        if args is not None and type(args) is not list:
+            e.wrong(f"environments[{i}].emulator.kernel_args", "a list of strings", args)
+        for n, arg in enumerate(args or ()):
+            if type(arg) is not str:
+                e.wrong(f"environments[{i}].emulator.kernel_args[{n}]", "a string", arg)
     return SpecEnvironment(dimensions, tags, emulator)
 
 

@@ -72,8 +72,10 @@ ALL_KEYS = [
     "qemu-x64/device_enumeration.virtio_devices",
     "qemu-x64-net/device_enumeration.virtio_devices",
     "qemu-arm64/fuchsia-pkg://fuchsia.com/foo-tests#meta/foo-tests.cm",
-    "crosvm-x64/core.kernel_unittests",
 ]
+# The fixture's boot test (core.kernel_unittests) boots a product bundle: no environment here
+# boots one, so it is planned nowhere (tests/test_fuchsia_plan.py plans boot tests).
+BOOT_TEST_UNMATCHED = ("core.kernel_unittests", {"device_type": "crosvm", "cpu": "x64"})
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +116,7 @@ def test_pairs_every_matching_environment_in_spec_then_name_order(
     assert [s.name for s in plan.disabled] == ["peripherals.balloon"]
     assert [(s.name, dict(e.dimensions)) for s, e in plan.unmatched] == [
         ("device_enumeration.virtio_devices", {"device_type": "AEMU", "cpu": "x64"}),
+        BOOT_TEST_UNMATCHED,
     ]
     assert plan.duplicates == []
     assert make_plan(specs, envs, None).runs == plan.runs
@@ -225,10 +228,9 @@ def test_select_suite(specs: list[TestSpec], envs: EnvironmentSet) -> None:
         (("*reboot",), {"reboot_shutdown.guest_reboot"}),
         (("path.core-*",), {"core-tests"}),  # SUITE.TEST form of a path test
         (("core-tests",), {"core-tests"}),  # full name
-        (("core*",), {"core-tests", "core.kernel_unittests"}),
+        (("core*",), {"core-tests"}),
         (("fuchsia-pkg://*",), {"fuchsia-pkg://fuchsia.com/foo-tests#meta/foo-tests.cm"}),
-        (("*guest_shutdown", "core.*"),
-         {"reboot_shutdown.guest_shutdown", "core.kernel_unittests"}),
+        (("*guest_shutdown", "core.*"), {"reboot_shutdown.guest_shutdown"}),
         (("Core-Tests",), set()),  # case-sensitive, on every platform
         (("nothing",), set()),
     ],
@@ -249,11 +251,13 @@ def test_filters_of_different_kinds_combine(specs: list[TestSpec], envs: Environ
 def test_unmatched_respects_filters_it_can_judge(
     specs: list[TestSpec], envs: EnvironmentSet
 ) -> None:
-    assert make_plan(specs, envs, Selection(device_types=("crosvm",))).unmatched == []
+    crosvm = make_plan(specs, envs, Selection(device_types=("crosvm",)))
+    assert [s.name for s, _ in crosvm.unmatched] == [BOOT_TEST_UNMATCHED[0]]
     aemu = make_plan(specs, envs, Selection(device_types=("aemu",)))
     assert aemu.runs == []
     assert [s.name for s, _ in aemu.unmatched] == ["device_enumeration.virtio_devices"]
-    assert make_plan(specs, envs, Selection(globs=("core*",))).unmatched == []
+    assert make_plan(specs, envs, Selection(globs=("core-*",))).unmatched == []
+    assert make_plan(specs, envs, Selection(device_types=("qemu",))).unmatched == []
 
 
 def test_check_turns_pairs_into_skips_with_the_reason(
@@ -515,7 +519,8 @@ def test_plan_json(specs: list[TestSpec], envs: EnvironmentSet) -> None:
         "key": "crosvm-x64/core-tests", "test": "core-tests", "suite": "path",
         "environment": "crosvm-x64", "engine": "crosvm", "arch": "x86_64",
         "device_type": "crosvm", "blocking": False, "skip_reason": None,
-        "shard": first["shard"], "argv": ["crosvm", "run", "core-tests"],
+        "shard": first["shard"], "product_bundle": None, "bundle_problem": None,
+        "argv": ["crosvm", "run", "core-tests"],
     }
     arm = next(r for r in out["runs"] if r["environment"] == "qemu-arm64")
     assert arm["skip_reason"] == "arm64 pending" and arm["argv"] is None
@@ -526,6 +531,9 @@ def test_plan_json(specs: list[TestSpec], envs: EnvironmentSet) -> None:
     assert out["disabled"] == ["peripherals.balloon"]
     assert out["unmatched"] == [{"test": "device_enumeration.virtio_devices", "index": 3,
                                  "dimensions": {"device_type": "AEMU", "cpu": "x64"},
+                                 "tags": []},
+                                {"test": "core.kernel_unittests", "index": 6,
+                                 "dimensions": {"device_type": "crosvm", "cpu": "x64"},
                                  "tags": []}]
     assert out["duplicates"] == []
     # Durations change shard assignment the same way assign_shards does.

@@ -101,24 +101,31 @@ def test_linux_kernel_args(arch: str, engine: str, expected: list[str]) -> None:
 
 
 @pytest.mark.parametrize("engine", ["qemu", "crosvm"])
-def test_zircon_kernel_args_x64(engine: str) -> None:
-    assert ZIRCON.kernel_args(arch="x86_64", engine=engine, nodename="crosvm-x64-0") == [
+def test_zircon_kernel_args_x64_are_botanists_in_its_order(engine: str) -> None:
+    """tools/botanist/targets/emulator.go, Emulator.Start: every emulator is node
+    fuchsia-5254-1234-1234 whatever the environment is called, and the entropy mixin
+    sits between the lockup-detector zeros and TERM=dumb."""
+    mixin = "0123456789abcdef" * 4
+    assert ZIRCON.kernel_args(arch="x86_64", engine=engine, nodename="crosvm-x64-0",
+                              entropy_mixin=mixin) == [
+        "zircon.nodename=fuchsia-5254-1234-1234",
         "kernel.halt-on-panic=true",
         "kernel.lockup-detector.critical-section-threshold-ms=0",
         "kernel.lockup-detector.critical-section-fatal-threshold-ms=0",
         "kernel.lockup-detector.heartbeat-period-ms=0",
         "kernel.lockup-detector.heartbeat-age-threshold-ms=0",
         "kernel.lockup-detector.heartbeat-age-fatal-threshold-ms=0",
-        "kernel.serial=legacy",
+        f"kernel.entropy-mixin={mixin}",
         "TERM=dumb",
-        "zircon.nodename=crosvm-x64-0",
+        "kernel.serial=legacy",
     ]
 
 
-def test_zircon_kernel_args_arm64_has_no_legacy_serial() -> None:
+def test_zircon_kernel_args_arm64_has_no_legacy_serial_and_no_mixin_unless_given() -> None:
     args = ZIRCON.kernel_args(arch="arm64", engine="qemu", nodename="n")
     assert "kernel.serial=legacy" not in args
-    assert args[-2:] == ["TERM=dumb", "zircon.nodename=n"]
+    assert not [a for a in args if a.startswith("kernel.entropy-mixin=")]
+    assert args[-1] == "TERM=dumb"
 
 
 # -- Zircon helpers ----------------------------------------------------------------------------

@@ -243,8 +243,8 @@ def test_requirement_check_routes_zircon_entries_to_the_serial_tester() -> None:
     package = spec({"package_url": "fuchsia-pkg://f/t#meta/t.cm"})
     assert check(package, z) is None
     assert check(spec({"path": "/boot/test/core-tests"}), z) is None
-    # Linux environments keep today's rule: a tests.json entry needs a path.
-    assert "no `path`" in (check(package, linux) or "")
+    # Linux environments run `path` programs only; a component test there is ffx's.
+    assert "runs through ffx over SSH" in (check(package, linux) or "")
     assert check(spec({"package_url": "fuchsia-pkg://f/t#meta/t.cm"}, expects_ssh=True), z) \
         == serialtester.SSH_REASON
     assert "host test (os 'linux')" in (check(spec({"path": "host_x64/t", "os": "linux"}), z)
@@ -295,7 +295,7 @@ def test_harness_plan_skips_ssh_entries_and_rejects_bad_fields(tmp_path: Path) -
     assert runs["fuchsia-pkg://f/b#meta/b.cm"]["skip_reason"] == serialtester.SSH_REASON
 
     tests.write_text(json.dumps([{"test": {"name": "u", "package_url": "fuchsia-pkg://f/u#meta/u.cm",
-                                           "log_settings": {"max_severity": 3}},
+                                           "os": "fuchsia", "log_settings": {"max_severity": 3}},
                                   "environments": dims}]))
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 2

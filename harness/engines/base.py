@@ -133,11 +133,13 @@ def kernel_args(env: Environment) -> list[str]:
 
     The environment's own arguments come last so that a person can override anything
     the profile or policy chose (the kernel takes the last value of a repeated key).
+    For a run of a tests.json entry they end with the test environment's
+    `emulator.kernel_args` (harness.plan.run_environment), botanist's order.
     """
     from harness.profiles import get_profile
 
     args = list(get_profile(env.profile).kernel_args(
-        arch=env.arch, engine=env.engine, nodename=env.name))
+        arch=env.arch, engine=env.engine, nodename=env.name, entropy_mixin=env.entropy_mixin))
     if env.profile == "linux":
         # reset: panic reboots the guest after 1 s, the harness reports the crash and goes on;
         # halt: the guest stays down with the panic on screen until the harness stops it.

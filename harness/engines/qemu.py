@@ -79,6 +79,10 @@ def qemu_command(
     # A panic is the guest's to handle (panic=N in its command line resets it in
     # place); QEMU still reports GUEST_PANICKED over QMP when pvpanic is there.
     argv += ["-action", "panic=none" if env.panic_policy == "reset" else "panic=pause"]
+    if env.no_reboot:
+        # A boot test: exit on a guest reset rather than boot again (most boot tests cannot
+        # shut down gracefully; tools/devshell/contrib/run-boot-test.py passes it too).
+        argv.append("-no-reboot")
     for i, disk in enumerate(paths.disks):
         argv += ["-drive", f"file={disk},if=none,format=raw,id=blk{i}",
                  "-device", f"virtio-blk-pci,drive=blk{i}"]

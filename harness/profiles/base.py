@@ -155,7 +155,8 @@ class Profile:
     panic_command: str | None = None
     reset_marker: re.Pattern[bytes] | None = None
 
-    def kernel_args(self, *, arch: str, engine: str, nodename: str) -> list[str]:
+    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+                    entropy_mixin: str = "") -> list[str]:
         raise NotImplementedError(f"profile {self.name} does not define kernel arguments")
 
     # -- crash scanning ------------------------------------------------------------------------

@@ -76,13 +76,14 @@ RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
 
 @dataclasses.dataclass(frozen=True)
 class LinuxProfile(Profile):
-    def kernel_args(self, *, arch: str, engine: str, nodename: str) -> list[str]:
+    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+                    entropy_mixin: str = "") -> list[str]:
         """Only the console: the panic policy is the environment's, the log level the init's.
 
         crosvm adds `console=ttyS0` itself for a serial port marked `console`,
         and a second `console=` would make the kernel write everything twice.
         """
-        del nodename  # the init sets no hostname from the command line
+        del nodename, entropy_mixin  # the init sets no hostname; Linux seeds itself
         if engine == "crosvm":
             return []
         if arch in ("arm64", "aarch64"):

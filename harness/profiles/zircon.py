@@ -32,6 +32,15 @@ BOOT_TEST_SUCCESS = "***Boot-test-successful!-MDd7/O65SuVZ23yGAaQG4CedYQGH9E1/58
 BOOT_TEST_FAILURE = "FAILED TEST"
 BOOT_TEST_TIMEOUT_S = 600
 BOOT_TEST_TIMEOUT_MESSAGE = 'timed out before success string "{success}" was read from serial'
+# What seriallistener says when it reads the failure string (tools/testing/seriallistener).
+BOOT_TEST_FAILURE_MESSAGE = 'failure string found: "{failure}"'
+
+# botanist's DefaultEmulatorNodename (tools/botanist/targets/emulator.go): every emulator
+# it starts is this node, a name of the form ffx gives an emulator from its MAC address.
+EMULATOR_NODENAME = "fuchsia-5254-1234-1234"
+ENTROPY_MIXIN_ARG = "kernel.entropy-mixin="
+# botanist's minEntropyBytes: 32 bytes (256 bits), passed as lowercase hex.
+ENTROPY_MIXIN_BYTES = 32
 
 # platform_halt's arguments, as zircon/kernel numbers them.
 HALT_ACTIONS = ("halt", "reboot", "reboot-bootloader", "reboot-recovery", "shutdown")
@@ -178,15 +187,28 @@ def strip_klog_prefix(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ZirconProfile(Profile):
-    def kernel_args(self, *, arch: str, engine: str, nodename: str) -> list[str]:
-        """Exactly what Fuchsia's infra passes to every emulator.
+    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+                    entropy_mixin: str = "") -> list[str]:
+        """Exactly what Fuchsia's botanist passes to every emulator, in its order.
 
-        A panic halts (so the crash stays on the console for the harness to
-        read), and the lockup detector is off because an emulator on a busy
-        host misses heartbeats without anything being wrong.
+        tools/botanist/targets/emulator.go (Emulator.Start): the node name, a
+        panic halts (so the crash stays on the console for the harness to
+        read), the lockup detector off (an emulator on a busy host misses
+        heartbeats without anything being wrong), the entropy mixin that
+        stands in for a bootloader's, `TERM=dumb`, and on x64 the legacy UART
+        as the serial console. The builder's and the test environment's
+        arguments follow (harness.engines.base.kernel_args).
+
+        The node name is botanist's for every emulator (`DefaultEmulatorNodename`,
+        the `fuchsia-MMMM-MMMM-MMMM` form ffx derives from the emulator's MAC),
+        whatever the environment is called. `entropy_mixin` is the fresh
+        per-boot value (harness.fuchsia.entropy_mixin); without one (a plan
+        with nothing booted) the argument is left out, as botanist does when
+        its random source fails.
         """
-        del engine  # the same on QEMU and crosvm
+        del engine, nodename  # the same on QEMU and crosvm; botanist names every emulator alike
         args = [
+            f"zircon.nodename={EMULATOR_NODENAME}",
             "kernel.halt-on-panic=true",
             "kernel.lockup-detector.critical-section-threshold-ms=0",
             "kernel.lockup-detector.critical-section-fatal-threshold-ms=0",
@@ -194,9 +216,11 @@ class ZirconProfile(Profile):
             "kernel.lockup-detector.heartbeat-age-threshold-ms=0",
             "kernel.lockup-detector.heartbeat-age-fatal-threshold-ms=0",
         ]
+        if entropy_mixin:
+            args.append(f"{ENTROPY_MIXIN_ARG}{entropy_mixin}")
+        args.append("TERM=dumb")
         if arch in ("x86_64", "x64"):
             args.append("kernel.serial=legacy")
-        args += ["TERM=dumb", f"zircon.nodename={nodename}"]
         return args
 
 
