@@ -42,11 +42,32 @@ class ExitInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class RestoreFrom:
+    """A saved VM to start from instead of booting (harness.snapshot).
+
+    `state` is what the engine saved: QEMU's migration stream (a file), crosvm's
+    snapshot (a directory). `transport` is how this QEMU reads a stream ("file" where
+    it has the `file:` migration URI, QEMU >= 8.2; "fd" otherwise); crosvm has none.
+    """
+
+    state: Path
+    transport: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class RunPaths:
-    """Per-guest host paths; `workdir` is private (0700) and unique to this guest."""
+    """Per-guest host paths; `workdir` is private (0700) and unique to this guest.
+
+    `disk_format`: "raw" (the disks of a booted guest), or "qcow2" (the overlays a
+    restored guest writes to, on the read-only base disks its snapshot was saved with).
+    `restore`: start from this saved VM instead of booting (an input of the pure argv
+    builder, like everything else here).
+    """
 
     workdir: Path
     disks: tuple[Path, ...] = ()
+    disk_format: str = "raw"
+    restore: RestoreFrom | None = None
 
     @property
     def control_socket(self) -> Path:
@@ -94,6 +115,18 @@ class Vmm(abc.ABC):
     async def resume(self) -> None:
         raise Unsupported("this engine cannot resume")
 
+    # -- snapshots (harness.snapshot) -----------------------------------------------------------
+
+    async def save_state(self, dest: Path, timeout: float = 120.0) -> None:
+        """Pause the VM and save its whole state to `dest` (which must not exist yet)."""
+        raise Unsupported("this engine cannot save a VM's state")
+
+    async def finish_restore(self, source: RestoreFrom, timeout: float) -> None:
+        """Bring a VMM launched with `RunPaths.restore` to a running guest; raise
+        HarnessError with the VMM's own words if the restore fails, never wait past
+        `timeout`."""
+        raise Unsupported("this engine cannot restore a VM's state")
+
     @abc.abstractmethod
     async def kill(self) -> None:
         """Kill the whole process group and reap it. Idempotent; never raises."""
@@ -126,6 +159,27 @@ class Engine(abc.ABC):
     def accel(self, env: Environment) -> str:
         """The accelerator this engine will use for `env` (after probing, where it probes)."""
         return "kvm"
+
+    # -- snapshots (harness.snapshot) -----------------------------------------------------------
+
+    async def settle(self, env: Environment) -> None:
+        """Probe now whatever `command()` depends on (QEMU's KVM verdict), so that the
+        argv a snapshot is keyed on is the argv that will run."""
+        del env  # nothing to probe for most engines
+
+    async def snapshot_unavailable(self, env: Environment) -> str | None:
+        """None when `env`'s guests can be saved and restored here, else why not."""
+        return f"the {self.name} engine cannot save and restore a VM"
+
+    async def restore_from(self, env: Environment, state: Path) -> RestoreFrom:
+        """How a guest of `env` starts from the saved `state` (an input to `command()`)."""
+        del env
+        return RestoreFrom(state)
+
+    async def vmm_identity(self, env: Environment) -> str:
+        """What identifies the VMM a snapshot was saved by: a state saved by one version
+        is not restored by another."""
+        return ""
 
 
 def kernel_args(env: Environment) -> list[str]:

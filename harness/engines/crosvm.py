@@ -34,7 +34,15 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kernel_args
+from harness.engines.base import (
+    Engine,
+    ExitInfo,
+    ExitKind,
+    RestoreFrom,
+    RunPaths,
+    Vmm,
+    kernel_args,
+)
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError, Unsupported
@@ -51,6 +59,7 @@ NO_BINARY = "no crosvm binary: set HARNESS_CROSVM or put crosvm on PATH"
 RUN_OPTIONS = frozenset({
     "--cpus", "--mem", "--serial", "--initrd", "--params", "--socket", "--disable-sandbox",
     "--block", "--net", "--no-balloon", "--no-rng", "--no-usb", "--gpu", "--vsock",
+    "--restore",
 })
 # Still accepted by crosvm with a warning; never emitted (a warning today, an error tomorrow).
 # Every `crosvm run` flag src/crosvm/cmdline.rs marks "(DEPRECATED)" or warns "is deprecated"
@@ -131,6 +140,17 @@ STDERR_TAIL_BYTES = 64 * 1024
 # the kernel and initrd first, then the hypervisor: src/crosvm/sys/linux.rs run_config).
 PARSE_CHECK_HYPERVISOR = "kvm[device=/nonexistent]"
 PARSE_CHECK_EXPECTED = "failed to open KVM device /nonexistent"
+
+# Snapshots: `crosvm suspend --full`, `crosvm snapshot take PATH SOCKET`, `crosvm run --restore
+# PATH` (src/crosvm/cmdline.rs SnapshotTakeCommand, RunCommand::restore; vm_control/src/lib.rs
+# do_snapshot, do_restore). crosvm calls the feature highly experimental
+# (docs/book/src/architecture/snapshotting.md), and its own snapshot/restore test
+# (e2e_tests/tests/suspend_resume.rs) runs on x86_64 only: tools/impl/test_config.py keeps
+# e2e_tests off aarch64 (DO_NOT_RUN_AARCH64). The harness restores where crosvm tests it.
+SNAPSHOT_ARCHES = ("x86_64",)
+SNAPSHOT_ARCH_REASON = ("crosvm snapshots are experimental and exercised upstream on x86_64 "
+                        "only (its e2e suspend/snapshot/restore test does not run on aarch64: "
+                        "tools/impl/test_config.py DO_NOT_RUN_AARCH64)")
 
 @dataclasses.dataclass(frozen=True)
 class BinaryLookup:
@@ -425,6 +445,20 @@ class CrosvmVmm(ProcessVmm, Vmm):
     async def resume(self) -> None:
         await self.control("resume")
 
+    async def save_state(self, dest: Path, timeout: float = 120.0) -> None:
+        """`crosvm suspend --full`, then `crosvm snapshot take DEST SOCKET`, as crosvm's own
+        e2e test saves a VM (vCPUs and devices asleep first: docs/book/src/architecture/
+        snapshotting.md). DEST must not exist: crosvm creates it as a directory."""
+        await self.control("suspend", "--full")
+        await self.control("snapshot", "take", str(dest), timeout=timeout)
+
+    async def finish_restore(self, source: RestoreFrom, timeout: float) -> None:
+        """Wait for `crosvm run --restore` to finish restoring: crosvm answers control
+        requests only once the restore is done, and `resume --full` is the side-effect-free
+        one its help names for that (src/crosvm/cmdline.rs ResumeCommand)."""
+        del source  # given on the command line (--restore)
+        await self.control("resume", "--full", timeout=timeout)
+
 
 class CrosvmEngine(Engine):
     name = "crosvm"
@@ -441,6 +475,7 @@ class CrosvmEngine(Engine):
         self.control_timeout_s = control_timeout_s
         self._verdicts: dict[str, tuple[bool, str]] = {}
         self._versions: dict[str, str] = {}
+        self._snapshot_support: dict[str, str | None] = {}
         self._probe_lock = anyio.Lock()
 
     # -- binary ------------------------------------------------------------------------------
@@ -476,6 +511,8 @@ class CrosvmEngine(Engine):
         if params:
             argv += ["--params", " ".join(params)]
         argv += ["--socket", str(paths.control_socket)]
+        if paths.restore is not None:
+            argv += ["--restore", str(paths.restore.state)]
         if env.disable_sandbox:
             argv.append("--disable-sandbox")
         for disk in paths.disks:
@@ -541,6 +578,42 @@ class CrosvmEngine(Engine):
 
     def device_unavailable(self, env: Environment, device: str) -> str | None:
         return device_unavailable(env, device)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def snapshot_unavailable(self, env: Environment) -> str | None:
+        """None where this crosvm can save and restore `env`'s guest, else why not: the arch
+        (SNAPSHOT_ARCHES), then the binary's own help, which must know `snapshot take`
+        and `run --restore` (a probe of the binary, once per binary)."""
+        if env.arch not in SNAPSHOT_ARCHES:
+            return SNAPSHOT_ARCH_REASON
+        found = self.lookup()
+        if found.path is None:
+            return found.problem or NO_BINARY
+        key = self._binary_key(found.path)
+        if key not in self._snapshot_support:
+            rc, out, err = await _run_quiet([found.path, "snapshot", "take", "--help"])
+            problem: str | None = None
+            if rc != 0 or "snapshot_path" not in out + err:
+                problem = (f"this crosvm has no `snapshot take` (`crosvm snapshot take --help` "
+                           f"exited {rc}: {(err or out).strip()[:200]})")
+            else:
+                rc, out, err = await _run_quiet([found.path, "run", "--help"])
+                if not _mentions(out + err, "--restore"):
+                    problem = "this crosvm's `run` has no --restore option (`crosvm run --help`)"
+            self._snapshot_support[key] = problem
+        return self._snapshot_support[key]
+
+    async def vmm_identity(self, env: Environment) -> str:
+        """`crosvm version` and the binary (path, size, mtime): crosvm's snapshot format is
+        not stable (docs/book/src/architecture/snapshotting.md), so any other binary is
+        another format."""
+        del env
+        found = self.lookup()
+        if found.path is None:
+            return ""
+        version = await self.version() or ""
+        return f"{version} ({self._binary_key(found.path)})"
 
     def _verdict_key(self, env: Environment) -> str | None:
         """Per (binary path, size, mtime): a rebuilt or replaced crosvm is probed again.

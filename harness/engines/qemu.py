@@ -10,19 +10,29 @@ tell apart a poweroff, a reset and a panic, which the exit status alone cannot.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import platform
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from qemu.qmp import EventListener, QMPClient
 
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kernel_args
+from harness.engines.base import (
+    Engine,
+    ExitInfo,
+    ExitKind,
+    RestoreFrom,
+    RunPaths,
+    Vmm,
+    kernel_args,
+)
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError
@@ -35,6 +45,10 @@ TCG_X86_CPU = "max,-erms"
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 BINARIES = {"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}
 HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
+# The name a saved state's file descriptor gets in QEMU (QMP getfd), for the `fd:` URI.
+STATE_FD_NAME = "harness-state"
+# How a migration ends (QEMU's MigrationStatus): anything else is still under way.
+MIGRATION_DONE = ("completed", "failed", "cancelled")
 
 
 def qemu_command(
@@ -75,6 +89,11 @@ def qemu_command(
         argv += ["-initrd", str(image.initrd)]
     argv += ["-append", " ".join(kernel_args(env))]
     argv += ["-qmp", f"unix:{paths.workdir / 'qmp.sock'},server=on,wait=off"]
+    if paths.restore is not None:
+        # The saved state comes in over QMP once the harness is connected
+        # (QemuVmm.finish_restore): `defer` keeps the argv free of the transport, which
+        # depends on the QEMU version, and lets the harness hand over an open file.
+        argv += ["-incoming", "defer"]
     argv += ["-rtc", "base=utc"]
     # A panic is the guest's to handle (panic=N in its command line resets it in
     # place); QEMU still reports GUEST_PANICKED over QMP when pvpanic is there.
@@ -84,7 +103,7 @@ def qemu_command(
         # shut down gracefully; tools/devshell/contrib/run-boot-test.py passes it too).
         argv.append("-no-reboot")
     for i, disk in enumerate(paths.disks):
-        argv += ["-drive", f"file={disk},if=none,format=raw,id=blk{i}",
+        argv += ["-drive", f"file={disk},if=none,format={paths.disk_format},id=blk{i}",
                  "-device", f"virtio-blk-pci,drive=blk{i}"]
     if dev.has("virtio-net"):
         argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
@@ -109,9 +128,12 @@ def qemu_command(
 class QemuVmm(ProcessVmm, Vmm):
     """A running QEMU with its QMP connection and the events seen so far."""
 
-    def __init__(self, process: Any, qmp: QMPClient | None, memory_mib: int = 0) -> None:
+    def __init__(self, process: Any, qmp: QMPClient | None, memory_mib: int = 0,
+                 transport: Callable[[], Awaitable[str]] | None = None) -> None:
         super().__init__(process)
         self.qmp = qmp
+        # How a saved state travels, asked when one is saved (QemuEngine.migration_transport).
+        self.transport = transport
         self.memory_bytes = memory_mib << 20
         self.shutdown_reason: str | None = None
         self.panicked = False
@@ -177,6 +199,100 @@ class QemuVmm(ProcessVmm, Vmm):
     async def resume(self) -> None:
         await self._execute("cont")
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def save_state(self, dest: Path, timeout: float = 120.0) -> None:
+        """`stop`, then migrate the paused VM into `dest` (QEMU's migration to a file).
+
+        Paused first, so the stream is one pass of memory and says the VM was paused:
+        a QEMU loading it stays paused until the harness says `cont`, after it has
+        restored the guest's console and clock. QEMU 7.2 has no `file:` URI: the file
+        is opened here and handed over with SCM_RIGHTS (QMP getfd, then `fd:`).
+        """
+        await self._execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        await self._execute("stop")
+        transport = await self.transport() if self.transport is not None else "fd"
+        if transport == "file":
+            await self._migrate("migrate", f"file:{dest}", timeout, what="save")
+            with open(dest, "rb") as f:
+                os.fsync(f.fileno())
+            return
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            await self._hand_over(fd)
+            await self._migrate("migrate", f"fd:{STATE_FD_NAME}", timeout, what="save")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def finish_restore(self, source: RestoreFrom, timeout: float) -> None:
+        """Load `source` into this QEMU (started with `-incoming defer`), then `cont`.
+
+        A stream QEMU cannot load makes it exit (status 1, its reason on stderr);
+        that, a failed migration and the deadline all end the wait at once.
+        """
+        await self._execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        if source.transport == "file":
+            await self._migrate("migrate-incoming", f"file:{source.state}", timeout,
+                                what="restore")
+        else:
+            fd = os.open(source.state, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await self._hand_over(fd)
+                await self._migrate("migrate-incoming", f"fd:{STATE_FD_NAME}", timeout,
+                                    what="restore")
+            finally:
+                os.close(fd)
+        await self._execute("cont")
+
+    async def _hand_over(self, fd: int) -> None:
+        if self.qmp is None:
+            raise HarnessError("QMP is not connected")
+        self.qmp.send_fd_scm(fd)
+        await self._execute("getfd", {"fdname": STATE_FD_NAME})
+
+    async def _migrate(self, command: str, uri: str, timeout: float, *, what: str) -> None:
+        """Start a migration and wait for QEMU's MIGRATION event that ends it (or its exit)."""
+        if self.qmp is None:
+            raise HarnessError("QMP is not connected")
+        listener = EventListener("MIGRATION")
+        self.qmp.register_listener(listener)
+        ended: list[str] = []
+        try:
+            with anyio.move_on_after(timeout):
+                async with anyio.create_task_group() as tg:
+
+                    async def event() -> None:
+                        while True:
+                            status = (await listener.get()).get("data", {}).get("status", "")
+                            if status in MIGRATION_DONE:
+                                ended.append(status)
+                                tg.cancel_scope.cancel()
+                                return
+
+                    async def exit_() -> None:
+                        await self.wait()
+                        ended.append("exited")
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(event)
+                    tg.start_soon(exit_)
+                    await self._execute(command, {"uri": uri}, timeout=timeout)
+        finally:
+            self.qmp.remove_listener(listener)
+        if not ended:
+            raise HarnessError(f"the {what} ({command} {uri}) did not finish within {timeout:g} s")
+        if ended[0] == "exited":
+            raise HarnessError(f"QEMU exited during the {what} "
+                               f"({describe_returncode(self.returncode or 0)})")
+        if ended[0] != "completed":
+            desc = ""
+            with contextlib.suppress(HarnessError):
+                desc = str((await self._execute("query-migrate")).get("error-desc", ""))
+            raise HarnessError(f"the {what} {ended[0]}" + (f": {desc}" if desc else ""))
+
     async def kill(self) -> None:
         if self.qmp is not None:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -217,6 +333,9 @@ class QemuEngine(Engine):
         # Environments of one arch starting together wait for one probe, not one each;
         # another arch's verdict does not wait for it.
         self._verdict_locks: dict[str, anyio.Lock] = {}
+        # Per binary (path, size, mtime): `--version`'s line, and the migration transport.
+        self._versions: dict[str, str] = {}
+        self._transports: dict[str, str] = {}
 
     def binary(self, arch: str) -> str | None:
         return shutil.which(BINARIES[arch])
@@ -250,7 +369,8 @@ class QemuEngine(Engine):
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
         process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
-        vmm = QemuVmm(process, None, env.memory_mib)
+        vmm = QemuVmm(process, None, env.memory_mib,
+                      functools.partial(self.migration_transport, env))
         try:
             vmm.attach_qmp(await self._connect_qmp(qmp_path, process))
         except BaseException:
@@ -293,6 +413,70 @@ class QemuEngine(Engine):
             return ExitInfo(ExitKind.STOP, 0, "QEMU exited normally")
         return ExitInfo(ExitKind.ERROR, returncode,
                         f"QEMU failed with {describe_returncode(returncode)}")
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def settle(self, env: Environment) -> None:
+        if env.accel == "auto" and env.arch not in self.accels:
+            await self.kvm_verdict(env)
+
+    async def snapshot_unavailable(self, env: Environment) -> str | None:
+        if shutil.which("qemu-img") is None:
+            return ("qemu-img not found on PATH (Debian package qemu-utils): a restored "
+                    "guest writes to qcow2 overlays it creates")
+        return None
+
+    async def restore_from(self, env: Environment, state: Path) -> RestoreFrom:
+        return RestoreFrom(state, await self.migration_transport(env))
+
+    def _binary_key(self, arch: str) -> str:
+        binary = self.binary(arch) or BINARIES[arch]
+        try:
+            st = os.stat(binary)
+        except OSError:
+            return binary
+        return f"{binary}|{st.st_size}|{st.st_mtime_ns}"
+
+    async def vmm_identity(self, env: Environment) -> str:
+        """`qemu-system-* --version`'s first line and the binary (a rebuilt one with the
+        same version string saves states its predecessor may not load)."""
+        key = self._binary_key(env.arch)
+        if key not in self._versions:
+            binary = self.binary(env.arch) or BINARIES[env.arch]
+            try:
+                with anyio.fail_after(30):
+                    proc = await anyio.run_process([binary, "--version"], check=False)
+                lines = proc.stdout.decode(errors="replace").splitlines()
+                self._versions[key] = lines[0] if lines else ""
+            except (OSError, TimeoutError):
+                self._versions[key] = ""
+        return f"{self._versions[key]} ({key})"
+
+    async def migration_transport(self, env: Environment) -> str:
+        """How this QEMU reads and writes a saved state: "file" where it knows the `file:`
+        migration URI (QEMU >= 8.2), "fd" (a descriptor handed over QMP) where not.
+
+        Probed, not guessed from the version: a QEMU without it refuses
+        `-incoming file:...` at once ("unknown migration protocol"); one with it fails
+        on the missing file instead. Either way nothing is started.
+        """
+        key = self._binary_key(env.arch)
+        if key not in self._transports:
+            binary = self.binary(env.arch) or BINARIES[env.arch]
+            transport = "fd"
+            try:
+                with anyio.fail_after(30):
+                    proc = await anyio.run_process(
+                        [binary, "-M", "none", "-display", "none", "-nodefaults",
+                         "-no-user-config", "-incoming",
+                         "file:/nonexistent/harness-transport-probe"], check=False)
+                said = proc.stderr.decode(errors="replace")
+                if proc.returncode != 0 and "unknown migration protocol" not in said:
+                    transport = "file"
+            except (OSError, TimeoutError):
+                pass
+            self._transports[key] = transport
+        return self._transports[key]
 
     # -- KVM verdict -------------------------------------------------------------------------
 

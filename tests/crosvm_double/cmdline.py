@@ -167,6 +167,9 @@ RUN_OPTIONS: dict[str, Option] = {
     "--no-rng": Option("no_rng", "don't create RNG device in the guest"),
     "--no-rtc": Option("no_rtc", "don't use legacy RTC devices emulation"),
     "--no-usb": Option("no_usb", "don't use usb devices in the guest"),
+    "--restore": Option("restore", "path of the snapshot that is used to restore the VM on "
+                        "startup.", parse_nonempty),
+    "--suspended": Option("suspended", "start a VM with vCPUs and devices suspended"),
     "--params": Option("params", "extra kernel command line arguments. Can be given more "
                        "than once", lambda s: s, repeat=True, short="-p"),
     "--serial": Option("serial", "comma separated key=value pairs for setting up serial "
@@ -230,7 +233,22 @@ CONTROL_COMMANDS = {
     "resume": "resumes the crosvm instance",
     "balloon": "set balloon size of the crosvm instance to `SIZE` bytes",
     "balloon_stats": "prints virtio balloon statistics for a `VM_SOCKET`",
+    "snapshot": "Snapshot commands",
 }
+
+# `crosvm snapshot take` (src/crosvm/cmdline.rs SnapshotTakeCommand): what `--help` prints.
+SNAPSHOT_TAKE_HELP = ("Usage: crosvm snapshot take <snapshot_path> <VM_SOCKET> "
+                      "[--compress-memory] [--encrypt]\n") + """
+Take a snapshot of the VM
+
+Positional Arguments:
+  snapshot_path     VM Image path
+  VM_SOCKET         VM Socket path
+
+Options:
+  --compress-memory compress the ram snapshot.
+  --encrypt         whether the snapshot should be encrypted
+  --help            display usage information"""
 
 
 def is_flag(arg: str) -> bool:

@@ -14,10 +14,21 @@ import socket
 from typing import Any
 
 from crosvm_double.base import EXIT_ERROR, EXIT_STOP, Logger, UsageError
+from crosvm_double.cmdline import SNAPSHOT_TAKE_HELP
+
+
+class HelpRequested(Exception):
+    """`--help` on a subcommand: argh prints the usage and exits 0."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
 
 
 def control_request(command: str, args: list[str]) -> tuple[Any, str]:
     """Parse a control subcommand's arguments into (VmRequest JSON, socket path)."""
+    if command == "snapshot":
+        return snapshot_request(args)
     switches = {"suspend": {"--full"}, "resume": {"--full"}, "balloon": {"--wait"}}.get(
         command, set())
     seen: set[str] = set()
@@ -64,6 +75,38 @@ def control_request(command: str, args: list[str]) -> tuple[Any, str]:
     return request, socket_path
 
 
+def snapshot_request(args: list[str]) -> tuple[Any, str]:
+    """`crosvm snapshot take SNAPSHOT_PATH VM_SOCKET [--compress-memory] [--encrypt]`
+    (src/crosvm/cmdline.rs SnapshotCommand, SnapshotTakeCommand; src/main.rs snapshot_vm)."""
+    if not args or args[0] in ("--help", "help"):
+        raise HelpRequested("Usage: crosvm snapshot <command> [<args>]\n\nSnapshot commands\n\n"
+                            "Options:\n  --help            display usage information\n\n"
+                            "Commands:\n  take              Take a snapshot of the VM")
+    if args[0] != "take":
+        raise UsageError(f"Unrecognized argument: {args[0]}")
+    switches = {"--compress-memory": False, "--encrypt": False}
+    positionals: list[str] = []
+    for arg in args[1:]:
+        if arg == "--help":
+            raise HelpRequested(SNAPSHOT_TAKE_HELP)
+        if arg.startswith("--"):
+            if arg not in switches:
+                raise UsageError(f"Unrecognized argument: {arg}")
+            switches[arg] = True
+        else:
+            positionals.append(arg)
+    want = ["snapshot_path", "socket_path"]
+    if len(positionals) < len(want):
+        missing = "\n    ".join(want[len(positionals):])
+        raise UsageError(f"Required positional arguments not provided:\n    {missing}")
+    if len(positionals) > len(want):
+        raise UsageError(f"Unrecognized argument: {positionals[len(want)]}")
+    request = {"Snapshot": {"Take": {"snapshot_path": positionals[0],
+                                     "compress_memory": switches["--compress-memory"],
+                                     "encrypt": switches["--encrypt"]}}}
+    return request, positionals[1]
+
+
 def describe_response(response: Any) -> str:
     if isinstance(response, dict) and "Err" in response:
         code = response["Err"]
@@ -72,7 +115,11 @@ def describe_response(response: Any) -> str:
 
 
 def run_control(command: str, args: list[str], log: Logger) -> int:
-    request, path = control_request(command, args)
+    try:
+        request, path = control_request(command, args)
+    except HelpRequested as e:
+        print(e.text)
+        return EXIT_STOP
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         try:

@@ -76,7 +76,8 @@ class Qmp:
                 done.set()
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float = 10.0) -> Any:
+                timeout: float = 10.0, fds: tuple[int, ...] = ()) -> Any:
+        """Run a QMP command; `fds` go along with it as SCM_RIGHTS (for `getfd`)."""
         with self.lock:
             if self.closed.is_set():
                 raise QmpError("QEMU has exited")
@@ -89,7 +90,12 @@ class Qmp:
             if arguments:
                 msg["arguments"] = arguments
             try:
-                self.sock.sendall(json.dumps(msg).encode() + b"\n")
+                data = json.dumps(msg).encode() + b"\n"
+                if fds:
+                    sent = socket.send_fds(self.sock, [data], list(fds))
+                    data = data[sent:]
+                if data:
+                    self.sock.sendall(data)
             except OSError as e:
                 self.pending.pop(ident, None)
                 raise QmpError(f"QEMU has exited: {e}") from None

@@ -26,6 +26,7 @@ import ctypes
 import errno
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -63,6 +64,14 @@ STAT_NAMES = {  # crosvm BalloonStats field -> QEMU guest-stats key
     "unevictable_memory": None,
 }
 PR_SET_PDEATHSIG = 1
+QCOW_MAGIC = b"QFI\xfb"
+# A snapshot of the double: a directory, as crosvm's (snapshot/src/lib.rs SnapshotWriter: the
+# path must not exist, fragments are files in it), holding QEMU's migration stream and the
+# VM's shape, which a restore checks as crosvm's do_restore does ("bad cpu count in
+# snapshot").
+SNAPSHOT_STREAM = "qemu-migration"
+SNAPSHOT_SHAPE = "vm.json"
+MIGRATION_TIMEOUT_S = 300.0
 
 
 def kernel_arch(path: str) -> str:
@@ -91,6 +100,15 @@ def kernel_arch(path: str) -> str:
                        "crosvm itself can")
     raise RunError("the architecture failed to build the vm: failed to load kernel: "
                    "unrecognised kernel image format")
+
+
+def image_format(path: str) -> str:
+    """crosvm's disk::detect_image_type: a qcow2 header says qcow2, anything else is raw."""
+    try:
+        with open(path, "rb") as f:
+            return "qcow2" if f.read(4) == QCOW_MAGIC else "raw"
+    except OSError:
+        return "raw"
 
 
 def set_pdeathsig() -> None:
@@ -147,6 +165,8 @@ class Vm:
         self.panicked = False
         self.vcpu_crashed = False
         self.handlers: list[threading.Thread] = []
+        # QEMU's MIGRATION events (status changes) while a snapshot is taken or restored.
+        self.migration: queue.Queue[str] = queue.Queue()
         # crosvm's BalloonTube handles one balloon command at a time: a statistics request
         # the guest does not answer holds up every balloon command after it.
         self.balloon_lock = threading.Lock()
@@ -223,7 +243,8 @@ class Vm:
                 raise RunError(f"failed to load disk image {path}: "
                                "No such file or directory (os error 2)")
             ro = ",readonly=on" if block.get("ro") else ""
-            argv += ["-drive", f"file={qemu_opt(path)},if=none,id=blk{i},format=raw{ro}",
+            fmt = image_format(path)
+            argv += ["-drive", f"file={qemu_opt(path)},if=none,id=blk{i},format={fmt}{ro}",
                      "-device", f"virtio-blk-pci,drive=blk{i}"]
         if "gpu" in cfg.options:
             backend = cfg.get("gpu").get("backend", "2d").lower()
@@ -250,6 +271,8 @@ class Vm:
             argv += ["-device", f"vhost-vsock-pci,guest-cid={vsock['cid']}"]
         if cfg.get("balloon_control"):
             raise RunError("this crosvm double does not support --balloon-control")
+        if cfg.get("restore"):
+            argv += ["-incoming", "defer"]  # the stream comes over QMP (restore_snapshot)
         return argv
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -264,6 +287,8 @@ class Vm:
             # The run loop's Panic arm: recorded, logged, and the VM carries on.
             self.panicked = True
             self.log.log("info", "Guest reported panic [Code: Guest panicked]")
+        elif name == "MIGRATION":
+            self.migration.put(str(data.get("status", "")))
 
     def open_control(self) -> None:
         path = self.control_path
@@ -292,6 +317,9 @@ class Vm:
         self.qmp = Qmp(self.qmp_ours, self.on_event)
         try:
             self.qmp.handshake(30)
+            if self.cfg.get("restore"):
+                # vm_control::do_restore runs before crosvm serves its control socket.
+                self.restore_snapshot(self.cfg.get("restore"))
             if not self.cfg.get("no_balloon"):
                 self.qmp.execute("qom-set", {"path": BALLOON_QOM,
                                              "property": "guest-stats-polling-interval",
@@ -305,7 +333,8 @@ class Vm:
                 self.vcpu_crashed = True
                 self.qmp.execute("quit")
                 return
-            self.qmp.execute("cont")
+            if not self.cfg.get("suspended"):
+                self.qmp.execute("cont")
         except (QmpError, OSError, ValueError) as e:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.qemu.wait(5)  # QEMU has said why on stderr; let it finish saying so
@@ -317,6 +346,97 @@ class Vm:
         if self.fault == "panic":
             self.kill_qemu()
             faults.panic(self.log)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    def shape(self) -> dict[str, Any]:
+        return {"arch": self.arch, "cpus": self.cpus, "mem_mib": self.mem_mib}
+
+    def migrate(self, command: str, fd: int) -> str:
+        """One migration over `fd` (handed to QEMU with getfd): QEMU's final status."""
+        assert self.qmp is not None
+        while not self.migration.empty():
+            self.migration.get_nowait()
+        self.qmp.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "events", "state": True}]})
+        self.qmp.execute("getfd", {"fdname": "snapshot"}, fds=(fd,))
+        self.qmp.execute(command, {"uri": "fd:snapshot"})
+        deadline = time.monotonic() + MIGRATION_TIMEOUT_S
+        while True:
+            if self.qmp.closed.is_set():
+                return "QEMU exited"
+            try:
+                status = self.migration.get(timeout=max(0.0, min(
+                    1.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    return "timed out"
+                continue
+            if status in ("completed", "failed", "cancelled"):
+                return status
+
+    def take_snapshot(self, path: str) -> Any:
+        """VmRequest::Snapshot: vm_control::do_snapshot, on QEMU's migration. The vCPUs are
+        suspended for it and left as they were (VcpuSuspendGuard); a failure is EIO."""
+        assert self.qmp is not None
+        self.log.log("info", "Starting crosvm snapshot")
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            self.log.log("error", f"failed to handle snapshot: failed to create snapshot root "
+                                  f"dir: {path}: {e.strerror}")
+            return {"Err": errno.EIO}
+        running = bool(self.qmp.execute("query-status").get("running"))
+        if running:
+            self.qmp.execute("stop")
+        try:
+            fd = os.open(os.path.join(path, SNAPSHOT_STREAM),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                status = self.migrate("migrate", fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with open(os.path.join(path, SNAPSHOT_SHAPE), "w") as f:
+                json.dump(self.shape(), f)
+        finally:
+            if running:
+                self.qmp.execute("cont")
+        if status != "completed":
+            self.log.log("error", f"failed to handle snapshot: migration {status}")
+            return {"Err": errno.EIO}
+        self.log.log("info", "Finished crosvm snapshot successfully")
+        return "Ok"
+
+    def restore_snapshot(self, path: str) -> None:
+        """`run --restore PATH`: vm_control::do_restore before the VM runs; an error ends the
+        run (exit 1), as crosvm's run_config returns it."""
+        assert self.qmp is not None
+        shape_file = os.path.join(path, SNAPSHOT_SHAPE)
+        stream = os.path.join(path, SNAPSHOT_STREAM)
+        for name, file in (("vm", shape_file), (SNAPSHOT_STREAM, stream)):
+            if not os.path.isfile(file):
+                raise RunError(f"failed to open snapshot fragment {name!r} at {file}: No such "
+                               f"file or directory (os error 2)")
+        with open(shape_file) as f:
+            saved = json.load(f)
+        if saved.get("cpus") != self.cpus:
+            raise RunError(f"bad cpu count in snapshot: expected={self.cpus} "
+                           f"got={saved.get('cpus')}")
+        if saved.get("arch") != self.arch or saved.get("mem_mib") != self.mem_mib:
+            raise RunError(f"snapshot of a {saved.get('arch')} VM with {saved.get('mem_mib')} "
+                           f"MiB cannot be restored on a {self.arch} VM with {self.mem_mib} MiB")
+        started = time.monotonic()
+        fd = os.open(stream, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            status = self.migrate("migrate-incoming", fd)
+        finally:
+            os.close(fd)
+        if status != "completed":
+            raise RunError(f"failed to restore the VM from {path}: QEMU's migration {status} "
+                           f"(its message is above)")
+        self.log.log("info", f"snapshot: memory restored {self.mem_mib}MB in "
+                             f"{(time.monotonic() - started) * 1000:.0f}ms")
 
     def serve(self) -> None:
         if self.control is not None and not any(t.name == "control" for t in self.handlers):
@@ -439,6 +559,8 @@ class Vm:
         if request in ("ResumeVcpus", "ResumeVm"):
             qmp.execute("cont")
             return "Ok", None
+        if isinstance(request, dict) and "Snapshot" in request:
+            return self.take_snapshot(request["Snapshot"]["Take"]["snapshot_path"]), None
         if isinstance(request, dict) and "BalloonCommand" in request:
             if self.cfg.get("no_balloon"):
                 return {"Err": errno.ENOTSUP}, None
