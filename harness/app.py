@@ -278,6 +278,7 @@ def run_command(args: argparse.Namespace) -> int:
         repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
         boot_test_repro_base=boot_test_repro_base(args),
         bundle_base=_bundle_base(inputs),
+        snapshots=getattr(args, "snapshots", True),
     )
     if not runs:
         print("harness: nothing selected to run", file=sys.stderr)

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--keep", action="store_true",
                      help="leave a failed test's guest running and print how to attach and stop")
+    run.add_argument("--no-snapshot", dest="snapshots", action="store_false",
+                     help="boot every guest instead of restoring it from a saved one (and "
+                          "share guests between tests that allow it, as without snapshots)")
     run.add_argument("--interactive", action="store_true",
                      help="boot the one selected environment and hand its serial console to you "
                           "(Ctrl-] leaves; the guest is then torn down)")

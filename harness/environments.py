@@ -95,6 +95,9 @@ class Environment:
     boot_timeout_s: float = 120.0
     disable_sandbox: bool = True
     description: str = ""
+    # Whether tests start from a restore of a saved guest (harness.snapshot): false boots
+    # every guest, as `harness run --no-snapshot` does for a whole run.
+    snapshot: bool = True
     # Per launch, never from environments.json: the runner derives a copy of the environment
     # for each guest it starts (harness.plan.run_environment). `entropy_mixin` is the fresh
     # `kernel.entropy-mixin` Fuchsia's botanist gives every Zircon boot (a secret: kept out of
@@ -279,6 +282,7 @@ def _environment(
         boot_timeout_s=float(boot_timeout),
         disable_sandbox=c.get("disable_sandbox", bool, True),
         description=c.get("description", str, ""),
+        snapshot=c.get("snapshot", bool, True),
     )
 
 

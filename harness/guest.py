@@ -4,6 +4,10 @@ Reboots are the engine's business, not the suite's: QEMU resets in place and
 the same process carries on; crosvm exits with 32 and the Guest launches it
 again on a fresh pty, logging a visible separator into the same serial log.
 Either way `reboot()` returns when the new boot reached its shell.
+
+A guest can also start from a saved VM instead of a boot (`restore()`, driven by
+harness.snapshot): its first Boot is then marked `restored`, the only way a suite
+can tell, and a later reboot is a real boot as on any guest.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from harness.console import (
     SerialLog,
     open_console_pty,
 )
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import Engine, ExitInfo, ExitKind, RestoreFrom, RunPaths, Vmm
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
@@ -54,6 +58,11 @@ class GuestExited(HarnessError):
         self.stderr = stderr
 
 
+class RestoreFailed(HarnessError):
+    """A restore that did not give a guest with a working shell: the host's fault (INFRA_FAIL),
+    with the VMM's own words."""
+
+
 @dataclasses.dataclass
 class Boot:
     index: int
@@ -61,6 +70,9 @@ class Boot:
     ready_s: float = 0.0
     boot_id: str = ""
     relaunch: bool = False
+    # Not booted but restored from this snapshot (its boot_id is the saved boot's);
+    # `ready_s` is then the time from launch to a shell that answered.
+    restored: str = ""
 
 
 SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -91,6 +103,8 @@ class Guest:
         disks: Sequence[Path] = (),
         log_cap: int | None = None,
         own_workdir: bool | None = None,
+        disk_format: str = "raw",
+        restore: RestoreFrom | None = None,
     ) -> None:
         self.env = env
         self.engine = engine
@@ -98,7 +112,8 @@ class Guest:
         self.profile: Profile = get_profile(env.profile)
         self.workdir = workdir or private_workdir(f"harness-{env.name[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
-        self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
+        self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks), disk_format=disk_format,
+                              restore=restore)
         try:
             # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
             self.command_line: list[str] = engine.command(env, image, self.paths)
@@ -138,6 +153,60 @@ class Guest:
         """Launch the VMM and wait for the first boot to reach the shell."""
         await self.launch()
         return await self.wait_boot(self.env.boot_timeout_s)
+
+    async def restore(self, *, label: str, boot_id: str, transcript: bytes | None,
+                      timeout: float) -> Boot:
+        """Start the VMM from the saved VM in `paths.restore` and return once its shell
+        answers, with the clock set and the network renewed (the profile's `after_restore`).
+
+        The console is made to read as a booted guest's: `transcript`, the console of the
+        boot that was saved, goes into the serial log first (None: the log already holds
+        it, the guest that saved it having written there), so the log has its boot marker
+        and the crash scan reads a whole boot. Whatever fails on the way (the VMM refuses
+        the state, exits, or the shell does not answer by `timeout`) is a RestoreFailed
+        carrying the VMM's stderr.
+        """
+        source = self.paths.restore
+        if source is None:
+            raise HarnessError("restore() needs a guest created with a RestoreFrom")
+        if transcript is not None:
+            self.log.mark(f"the console of the boot saved as snapshot {label}, which this "
+                          f"guest is restored from")
+            self.log.write(transcript)
+        self.log.mark(f"boot 1: {self.env.name} ({self.env.engine}, {self.env.arch}) restored "
+                      f"from snapshot {label}")
+        boot = Boot(1, time.monotonic(), boot_id=boot_id, restored=label)
+        self.boots.append(boot)
+        try:
+            with anyio.fail_after(timeout):
+                await self._launch()
+                vmm = self.vmm
+                assert vmm is not None
+                await vmm.finish_restore(source, timeout)
+                # A later launch (crosvm's relaunch after a reset) is a boot, not a restore.
+                self.paths = dataclasses.replace(self.paths, restore=None)
+                # Set just before it is sent: rounding to the nearest second keeps the
+                # guest within half a second of the host (date -s takes whole seconds).
+                fixup = self.profile.after_restore(round(time.time() + 0.05))
+                if fixup:
+                    result = await self.console.run(fixup, timeout)
+                    if result.status != 0:
+                        raise HarnessError(f"`{fixup}` exited {result.status} in the restored "
+                                           f"guest: {result.output[-500:]}")
+        except TimeoutError:
+            raise RestoreFailed(self._restore_problem(
+                label, f"no answering shell within {timeout:g} s")) from None
+        except (HarnessError, ConsoleEOF, ConsoleTimeout) as e:
+            raise RestoreFailed(self._restore_problem(label, str(e))) from e
+        boot.ready_s = time.monotonic() - boot.launched_at
+        self.log.mark(f"restored in {boot.ready_s:.2f} s; the guest runs on from here")
+        return boot
+
+    def _restore_problem(self, label: str, what: str) -> str:
+        err = self.vmm_stderr(2000).strip()
+        vmm = self.env.engine
+        return (f"restore from snapshot {label} failed: {what}"
+                + (f"; {vmm} said: {err}" if err else ""))
 
     async def wait_reset(self, timeout: float | None = None) -> Boot:
         """The guest resets on its own (a panic under the reset policy): wait for the new boot."""

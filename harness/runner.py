@@ -40,6 +40,8 @@ from harness.plan import PlannedRun, run_environment
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
+from harness.snapshot import GuestStarter, split_group  # issue 13: boot once, restore per test
+from harness.snapshot_store import SnapshotStore
 from harness.suite import Skip, SuiteTest, TestContext
 from harness.textsafe import terminal_safe
 
@@ -63,6 +65,8 @@ class RunOptions:
     boot_test_repro_base: Sequence[str] = ()
     # What bundle image paths in reports are relative to (the build directory).
     bundle_base: Path | None = None
+    # Start guests from snapshots (harness.snapshot); False: boot every guest (--no-snapshot).
+    snapshots: bool = True
 
 
 def _now() -> dt.datetime:
@@ -110,6 +114,10 @@ class Runner:
         self.started = _now()
         self._t0 = time.monotonic()
         self._last_write = 0.0
+        self.starter = GuestStarter(  # issue 13: how each test's guest starts
+            store=SnapshotStore() if options.snapshots else None, cold_guest=self._new_guest,
+            make_disks=make_disks, disk_paths=make_disk_paths, log_cap=options.log_cap,
+            say=self._say)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -117,12 +125,15 @@ class Runner:
         self.opt.out_dir.mkdir(parents=True, exist_ok=True)
         for r in self.runs:
             self.results[r.key] = self._blank(r)
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(self._watch_signals, outer.cancel_scope)
-            async with anyio.create_task_group() as tg:
-                for group in self._groups():
-                    tg.start_soon(self._run_group, group)
-            outer.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._watch_signals, outer.cancel_scope)
+                async with anyio.create_task_group() as tg:
+                    for group in self._groups():
+                        tg.start_soon(self._run_group, group)
+                outer.cancel_scope.cancel()
+        finally:
+            await self.starter.close()
         for r in self.runs:
             res = self.results[r.key]
             if not res.attempts:
@@ -206,6 +217,22 @@ class Runner:
         return self.tap_locks.setdefault(tap, anyio.Lock())
 
     async def _run_group(self, group: list[PlannedRun]) -> None:
+        if len(group) > 1 and await self._isolated(group[0]):
+            # issue 13: restored guests make isolation cheap: each test gets its own.
+            async with anyio.create_task_group() as tg:
+                for part in split_group(group, self.tests):
+                    tg.start_soon(self._run_shared, part)
+            return
+        await self._run_shared(group)
+
+    async def _isolated(self, run: PlannedRun) -> bool:
+        state = await self._env_state(run.environment)
+        engine = self.engines.get(run.environment.engine)
+        if state.unavailable or state.image_error or engine is None:
+            return False  # its tests end at once, shared or not
+        return await self.starter.isolates(run, engine)
+
+    async def _run_shared(self, group: list[PlannedRun]) -> None:
         async with self._exclusive(group[0].environment), self.limiter:
             shared: Guest | None = None
             try:
@@ -310,14 +337,15 @@ class Runner:
             if guest is None:
                 if shared is not None:
                     await shared.close()
-                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                # issue 13: restored from the environment's snapshot, or booted.
+                guest = await self.starter.new_guest(run, self._boot_environment(run), engine,
+                                                     image, folder)
                 self._write_command(folder, guest)
                 # A test's own bootup_timeout_secs replaces the environment's boot deadline.
                 boot_timeout = run.spec.bootup_timeout_secs or env.boot_timeout_s
                 with anyio.fail_after(boot_timeout + 30):
-                    await guest.launch()
-                    boot = await guest.wait_boot(boot_timeout)
-                attempt.properties["boot_s"] = f"{boot.ready_s:.3f}"
+                    _boot, started = await self.starter.start(guest, boot_timeout)
+                attempt.properties.update(started)
             else:
                 guest.log.redirect(folder / "serial.log")
                 guest.log.mark(f"test {run.spec.name}: guest shared, booted earlier")

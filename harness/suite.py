@@ -68,6 +68,8 @@ class SuiteTest:
     description: str
     needs_guest: bool = True
     disks: tuple[int, ...] = ()  # sizes in MiB of disks the test wants attached
+    # Share a guest even where a snapshot makes a guest of its own cheap (harness.snapshot).
+    prefers_sharing: bool = False
 
     @property
     def full_name(self) -> str:
@@ -80,8 +82,15 @@ def guest_test(
     shares_guest: bool = False,
     timeout_s: float = 120.0,
     needs_guest: bool = True,
+    prefers_sharing: bool = False,
 ) -> Callable[[TestFunc], TestFunc]:
-    """Mark an async function as a suite test; the registry finds it by this attribute."""
+    """Mark an async function as a suite test; the registry finds it by this attribute.
+
+    `shares_guest`: the test may run on a guest an earlier test used, which saves a boot
+    where guests boot. Where they are restored from a snapshot (harness.snapshot) every
+    test gets a guest of its own anyway, unless it also says `prefers_sharing` (it wants
+    the state earlier tests left, or measures a guest that has been running).
+    """
 
     def mark(func: TestFunc) -> TestFunc:
         func.__harness_test__ = {  # type: ignore[attr-defined]
@@ -89,6 +98,7 @@ def guest_test(
             "shares_guest": shares_guest,
             "timeout_s": timeout_s,
             "needs_guest": needs_guest,
+            "prefers_sharing": prefers_sharing and shares_guest,
         }
         return func
 

@@ -46,6 +46,7 @@ import anyio.abc
 from harness.engines.base import ExitKind
 from harness.errors import HarnessError
 from harness.expected_devices import platform
+from harness.overlays import read_disk
 from harness.runner import DISK_PATTERN_OFFSET, host_pattern
 from harness.suite import Requirements, Skip, TestContext, guest_test
 
@@ -188,9 +189,8 @@ async def test_block(t: TestContext) -> None:
     assert info.kind == ExitKind.STOP, f"guest power-off ended as {info.kind}: {info.explanation}"
     for i, disk in enumerate(disks):
         want = guest_pattern(token, i)
-        with open(disk, "rb") as f:
-            f.seek(GUEST_PATTERN_OFFSET)
-            got = f.read(len(want))
+        # A raw image, or a restored guest's qcow2 overlay on its snapshot's base disk.
+        got = read_disk(disk, GUEST_PATTERN_OFFSET, len(want))
         t.case(f"disk{i}", got == want,
                f"{disk.name} holds the guest's pattern at {GUEST_PATTERN_OFFSET} "
                f"(written via /dev/{device_of.get(i)})" if got == want else

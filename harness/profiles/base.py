@@ -159,6 +159,13 @@ class Profile:
                     entropy_mixin: str = "") -> list[str]:
         raise NotImplementedError(f"profile {self.name} does not define kernel arguments")
 
+    def after_restore(self, epoch_s: int) -> str | None:
+        """The shell command that makes a guest restored from a snapshot current: its clock
+        set to `epoch_s` (UTC seconds), its network renewed. None: guests of this profile
+        are not restored (harness.snapshot boots them)."""
+        del epoch_s
+        return None
+
     # -- crash scanning ------------------------------------------------------------------------
 
     def crash_regex(self) -> re.Pattern[bytes]:

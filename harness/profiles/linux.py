@@ -71,6 +71,18 @@ BOOT_MARKER = signature_pattern(
     rb"HARNESS-BOOT-OK boot_id=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
 )
 PROMPT = signature_pattern(rb"harness# ")
+# After a restore: every interface that is up goes down and up, so its driver renegotiates
+# the link, and a running udhcpc renews its lease (SIGUSR1); at save time the harness's init
+# has brought up `lo` only, so normally nothing moves. Then the wall clock jumps to now: it
+# stood still from the save (under TCG the guest's clocksource follows QEMU's virtual clock,
+# which a migration carries over; the RTC follows the host's and is right already). The
+# command's status is `date`'s; a subshell, so that no variable of it stays in the shell.
+AFTER_RESTORE = (
+    "(for n in /sys/class/net/*; do i=${{n##*/}}; [ \"$i\" = lo ] && continue; "
+    "ip link show \"$i\" | grep -q '[<,]UP[,>]' || continue; "
+    "ip link set \"$i\" down; ip link set \"$i\" up; done; "
+    "killall -USR1 udhcpc 2>/dev/null; date -u -s @{epoch} >/dev/null)"
+)
 RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
 
 
@@ -89,6 +101,9 @@ class LinuxProfile(Profile):
         if arch in ("arm64", "aarch64"):
             return ["console=ttyAMA0"]
         return ["console=ttyS0"]
+
+    def after_restore(self, epoch_s: int) -> str | None:
+        return AFTER_RESTORE.format(epoch=int(epoch_s))
 
 
 PROFILE = LinuxProfile(
