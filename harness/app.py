@@ -661,10 +661,16 @@ def images_command(args: argparse.Namespace) -> int:
     from harness import images
 
     if args.images_command == "list":
+        from harness.snapshot_store import SnapshotStore
+
         rows = images.list_images()
         if not rows:
             print("no images built yet: run `harness images build`")
         for row in rows:
+            print(json.dumps(row))
+        # issue 13: the saved guests tests restore from, least recently used first (the
+        # first to go when the cache passes its cap).
+        for row in SnapshotStore().rows():
             print(json.dumps(row))
         return EXIT_OK
     envs = envmod.load(args.environments)

@@ -424,7 +424,7 @@ def _describe(problem: str, env: Environment) -> str:
     kind, _, what = problem.partition(": ")
     if kind == "stale":
         return f"the snapshot of {env.name} is stale ({what})"
-    return f"the snapshot of {env.name} is damaged ({what}): removed"
+    return f"the snapshot of {env.name} is damaged ({problem}): removed"
 
 
 def _log_size(guest: Guest) -> int:
