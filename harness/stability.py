@@ -24,9 +24,13 @@ Choices, made so that a promotion is never granted on weak evidence:
 - The window is the last K runs *that include the environment*; an
   environment seen in fewer than K runs is not ready.
 - Boot time is the `boot_s` property the runner records on each attempt that
-  booted a guest. Per run, the median of an environment's (or a test's)
-  samples; the trend is first, last, median and a least-squares slope in
-  seconds per run, the run index counting every run given, in start order.
+  booted a guest; an attempt whose guest was restored from a snapshot has the cold
+  boot that snapshot was saved from (`snapshot_boot_s`), so an environment whose
+  tests all restore still has its boot time (it changes only with a new snapshot,
+  that is when the image, the VMM or the command line changed). Per run, the
+  median of an environment's (or a test's) samples; the trend is first, last,
+  median and a least-squares slope in seconds per run, the run index counting
+  every run given, in start order.
 
 Any summary.json is read, the harness's own and Fuchsia's (old and new
 formats): tests of a Fuchsia file carry no environment tag, so they are
@@ -56,6 +60,7 @@ from harness.textsafe import terminal_safe
 SUMMARY = "summary.json"
 DEFAULT_LAST = 5
 BOOT_PROPERTY = "boot_s"
+SNAPSHOT_BOOT_PROPERTY = "snapshot_boot_s"  # issue 13: a restored guest's saved boot
 VMM_CPU_PREFIX = "vmm_cpu_s"
 FORMAT = 1
 
@@ -178,10 +183,11 @@ def make_trend(points: Sequence[tuple[int, float]]) -> Trend | None:
 
 
 def boot_samples(result: TestResult) -> list[float]:
-    """The `boot_s` of each attempt that booted a guest (a shared guest's tests have none)."""
+    """The `boot_s` of each attempt that booted a guest, else the boot its snapshot was
+    saved from (a shared guest's tests have neither)."""
     out: list[float] = []
     for attempt in result.attempts:
-        raw = attempt.properties.get(BOOT_PROPERTY)
+        raw = attempt.properties.get(BOOT_PROPERTY, attempt.properties.get(SNAPSHOT_BOOT_PROPERTY))
         if raw is None:
             continue
         try:

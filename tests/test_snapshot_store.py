@@ -32,6 +32,7 @@ from harness.engines.crosvm import RUN_OPTIONS, SNAPSHOT_ARCH_REASON, CrosvmEngi
 from harness.engines.qemu import qemu_command
 from harness.errors import ConfigError
 from harness.overlays import create_overlay, is_qcow2, parse_qemu_io_dump, read_disk
+from harness.results import Attempt, Status, TestResult
 from harness.snapshot import GuestStarter, asks_to_share, image_identity, split_group
 from harness.snapshot_store import (
     LAST_USED,
@@ -43,6 +44,7 @@ from harness.snapshot_store import (
     cap_bytes,
 )
 from harness.spec import parse_specs
+from harness.stability import boot_samples
 from harness.suite import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,3 +382,15 @@ def _replace_env(env: envmod.Environment, **changes: object) -> envmod.Environme
 
 def _replace_spec(spec: object, **changes: object) -> object:
     return dataclasses.replace(spec, **changes)  # type: ignore[type-var]
+
+
+def test_dashboards_take_a_restored_guests_boot_from_its_snapshot() -> None:
+    def result(*props: dict[str, str]) -> TestResult:
+        return TestResult(test="t", suite="s", environment="e", engine="qemu", arch="x86_64",
+                          blocking=True, attempts=[Attempt(Status.PASS, properties=p)
+                                                   for p in props])
+
+    assert boot_samples(result({"start": "restore", "snapshot_boot_s": "5.5"})) == [5.5]
+    # The attempt that saved the snapshot booted it: its own boot counts.
+    assert boot_samples(result({"boot_s": "4.0", "snapshot_boot_s": "4.0"})) == [4.0]
+    assert boot_samples(result({"start": "restore"}, {})) == []
