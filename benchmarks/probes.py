@@ -11,6 +11,9 @@
                        a TCG guest writes to its UART, read by the console and by the
                        minimal loop
     probes.py plan     load a tests.json, select crosvm pairs, shard (harness.spec/plan)
+    probes.py snapshot cold boot against restore from a snapshot (harness.snapshot), each to a
+                       shell that answers, interleaved; each guest's peak VMM memory and
+                       the restored guest's own disk
 
 Each prints one JSON object on stdout.
 """
@@ -303,6 +306,116 @@ def plan_probe(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------- snapshot
+
+
+def session_hwm_kib(sid: int) -> int:
+    """Peak RSS (VmHWM) summed over the VMM's session: crosvm's device processes, or the QEMU
+    the crosvm double runs, count with it."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) != sid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+async def snapshot_probe(args: argparse.Namespace) -> dict[str, Any]:
+    """Per round, in alternating order: a cold boot to a shell that answered `true`, and a
+    restore to a shell that answered (its first command, the clock and network fix-up), the
+    way the runner starts each (GuestStarter), through a snapshot cache of its own."""
+    from harness import environments as envmod
+    from harness import plan as planmod
+    from harness.app import image_for, make_engines
+    from harness.guest import Guest, private_workdir
+    from harness.kvmprobe import probe_environment
+    from harness.runner import make_disk_paths, make_disks
+    from harness.snapshot import GuestStarter
+    from harness.snapshot_store import SnapshotStore, disk_usage
+    from harness.spec import parse_specs
+
+    env = envmod.load(args.environments).get(args.env)
+    engine = make_engines()[env.engine]
+    reason = await engine.unavailable(probe_environment(env))
+    if reason:
+        raise SystemExit(f"{env.name} cannot run here: {reason}")
+    image = image_for(env, build=False)
+    out = Path(args.workdir)
+    specs = parse_specs([{"test": {"name": "bench.start", "path": "/bin/true"},
+                          "environments": [{"dimensions": dict(env.dimensions)}]}], "<bench>")
+    [run] = planmod.make_plan(specs, envmod.load(args.environments),
+                              planmod.Selection(env_names=(env.name,))).runs
+
+    def cold_guest(e: Any, eng: Any, img: Any, folder: Path) -> Guest:
+        workdir = private_workdir(f"harness-{e.name[:24]}-")
+        return Guest(e, eng, img, folder / "serial.log", workdir=workdir,
+                     disks=make_disks(e, workdir), own_workdir=True)
+
+    starter = GuestStarter(store=SnapshotStore(out / "snapshots", cap=1 << 40),
+                           cold_guest=cold_guest, make_disks=make_disks,
+                           disk_paths=make_disk_paths, say=lambda line: None)
+    result: dict[str, Any] = {"env": env.name, "engine": env.engine, "cold_s": [],
+                              "restore_s": [], "cold_hwm_mib": [], "restore_hwm_mib": [],
+                              "restore_disk_kib": [], "cold_disk_kib": []}
+    n = 0
+
+    async def cold() -> None:
+        nonlocal n
+        n += 1
+        t0 = time.monotonic()
+        guest = cold_guest(env, engine, image, out / f"cold-{n}")
+        try:
+            await guest.launch()
+            await guest.wait_boot(env.boot_timeout_s)
+            assert (await guest.console.run("true", timeout=60)).ok
+            result["cold_s"].append(time.monotonic() - t0)
+            assert guest.vmm is not None
+            result["cold_hwm_mib"].append(session_hwm_kib(guest.vmm.pid) / 1024)
+            result["cold_disk_kib"].append(disk_usage(guest.workdir) // 1024)
+        finally:
+            await guest.close()
+
+    async def restore() -> None:
+        nonlocal n
+        n += 1
+        t0 = time.monotonic()
+        guest = await starter.new_guest(run, env, engine, image, out / f"restore-{n}")
+        try:
+            boot, props = await starter.start(guest, env.boot_timeout_s)
+            if props.get("snapshot_built"):  # the first: a boot and a save, not a restore
+                result["build_boot_s"] = float(props["boot_s"])
+                result["save_s"] = float(props["snapshot_save_s"])
+                result["snapshot_mib"] = disk_usage(Path(starter.store.root)  # type: ignore
+                                                    / props["snapshot"]) / (1 << 20)
+                return
+            result["restore_s"].append(time.monotonic() - t0)
+            result.setdefault("restore_ready_s", []).append(boot.ready_s)
+            assert guest.vmm is not None
+            # What a test does to its disks lands in its overlay: the smoke test's writes.
+            await guest.console.run("sync", timeout=60)
+            result["restore_hwm_mib"].append(session_hwm_kib(guest.vmm.pid) / 1024)
+            result["restore_disk_kib"].append(disk_usage(guest.workdir) // 1024)
+        finally:
+            await guest.close()
+
+    try:
+        await restore()  # builds the snapshot
+        for r in range(args.rounds):
+            for step in ((cold, restore) if r % 2 == 0 else (restore, cold)):
+                await step()
+    finally:
+        await starter.close()
+    return result
+
+
 def main() -> int:
     # The driver stops a child with SIGTERM: unwind, so `finally` stops the guest.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -329,6 +442,8 @@ def main() -> int:
     g = sub.add_parser("guest-serial", parents=[guest])
     g.add_argument("--mb", type=float, default=1)
     g.add_argument("--timeout", type=float, default=600)
+    s = sub.add_parser("snapshot", parents=[guest])
+    s.add_argument("--rounds", type=int, default=3)
     p = sub.add_parser("plan")
     p.add_argument("tests")
     p.add_argument("--environments")
@@ -341,7 +456,7 @@ def main() -> int:
         import anyio
 
         probe = {"console": console_probe, "capture": capture_probe,
-                 "guest-serial": guest_serial_probe}[args.probe]
+                 "guest-serial": guest_serial_probe, "snapshot": snapshot_probe}[args.probe]
         result = anyio.run(probe, args, backend="asyncio")
     if args.probe == "console":
         for key in ("command_ms", "output_command_ms"):

@@ -35,7 +35,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 DEFAULT_JSON = BENCH / "results" / "latest.json"
-SECTIONS = ("boot", "latency", "parallel", "serial", "peer", "plan")
+SECTIONS = ("boot", "latency", "parallel", "serial", "peer", "plan", "snapshot", "default-run")
+# The default environments the snapshot figures are taken on (the crosvm one through the
+# double: no crosvm runs here), and the double itself.
+SNAPSHOT_ENVS = ("qemu-x64", "qemu-arm64", "qemu-x64-minimal", "crosvm-x64")
+DOUBLE = ROOT / "tests" / "crosvm_double" / "crosvm"
 
 TARGETS = {
     "boot_ratio": "<= 1.10",
@@ -46,6 +50,8 @@ TARGETS = {
     "peer_boot": "< labgrid",
     "peer_command": "< labgrid",
     "plan_s": "< 2",
+    "restore_fraction": "<= 0.10",
+    "default_run_ratio": "<= 0.6",
 }
 
 
@@ -79,6 +85,9 @@ class Scratch:
         # cache kept here rather than in the project tree.
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.env["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
+        # Snapshots in a cache of the benchmark's own: the user's cache is neither used nor
+        # filled, and "a cold cache" means empty.
+        self.env["HARNESS_SNAPSHOT_DIR"] = str(self.root / "snapshots")
         self.harness = shutil.which("harness", path=str(Path(sys.executable).parent))
         self._n = 0
 
@@ -306,8 +315,9 @@ class Bench:
         self.sample("raw_smoke", self.raw("smoke"))
 
     def task_harness_smoke(self) -> None:
+        # --no-snapshot: this figure is a boot, as the raw script's (snapshot: its own section).
         r = self.harness_run("harness-smoke", "run", *self.env_args(), "--env", self.env.name,
-                             "-k", "smoke.boot_and_command", "--jobs", "1")
+                             "-k", "smoke.boot_and_command", "--jobs", "1", "--no-snapshot")
         a = _summary_attempt(Path(r["out"]))
         if a["result"] != "PASS":
             raise RuntimeError(f"smoke.boot_and_command: {a['result']}: {a.get('message')}")
@@ -334,7 +344,7 @@ class Bench:
 
     def task_harness_empty(self) -> None:
         r = self.harness_run("harness-empty", "run", *self.env_args(), "--env", self.env.name,
-                             "-k", "no-such-test")
+                             "-k", "no-such-test", "--no-snapshot")
         self.sample("harness_empty", r)
 
     def task_console(self) -> None:
@@ -381,15 +391,25 @@ class Bench:
     # -- one-off sections -----------------------------------------------------------------
 
     def parallel(self) -> None:
+        """8 isolated boot-and-command tests: --jobs 1 and --jobs 2 booting each guest (the
+        harness's scaling), and --jobs 2 restoring each (issue 13: restore vs boot)."""
         n = 8
         tests = self.path_tests("parallel", [(f"bench.boot_and_command_{i}", "/bin/uname",
                                               ["-m"]) for i in range(n)])
+        # The restore side's snapshot is saved beforehand: this is its steady state.
+        self.say("parallel: saving the snapshot the restore side starts from")
+        self.harness_run("parallel-warm", "run", *self.env_args(), "--tests", str(tests),
+                         "--env", self.env.name, "-k", "bench.boot_and_command_0")
+        variants = (("j1", "1", True), ("j2", "2", True), ("j2_restore", "2", False))
         for r in range(self.args.parallel_rounds):
-            for jobs in ((1, 2) if r % 2 == 0 else (2, 1)):
-                self.say(f"parallel: {n} tests, --jobs {jobs}")
-                res = self.harness_run(f"parallel-j{jobs}", "run", *self.env_args(),
+            order = variants[r % 3:] + variants[:r % 3]
+            for name, jobs, boot in order:
+                how = "booting" if boot else "restoring"
+                self.say(f"parallel: {n} tests, --jobs {jobs}, {how} each guest")
+                res = self.harness_run(f"parallel-{name}", "run", *self.env_args(),
                                        "--tests", str(tests), "--env", self.env.name,
-                                       "--jobs", str(jobs), rss=True)
+                                       "--jobs", jobs, *(["--no-snapshot"] if boot else []),
+                                       rss=True)
                 summary = json.loads((Path(res["out"]) / "summary.json").read_text())
                 res["passed"] = sum(t["result"] == "PASS" for t in summary["tests"])
                 res["failures"] = [
@@ -397,10 +417,59 @@ class Bench:
                      "message": t["harness"]["attempts"][-1].get("message", "")}
                     for t in summary["tests"] if t["result"] != "PASS"]
                 res["tests"] = n
-                res["boot_s"] = [float(t["harness"]["attempts"][-1]["properties"].get(
-                    "boot_s", "nan")) for t in summary["tests"]]
+                props = [t["harness"]["attempts"][-1]["properties"] for t in summary["tests"]]
+                res["boot_s"] = [float(p.get("boot_s", "nan")) for p in props]
+                res["restore_s"] = [float(p.get("restore_s", "nan")) for p in props]
+                res["started"] = sorted({p.get("start", "") for p in props})
                 res["throughput_per_min"] = res["passed"] / res["wall_s"] * 60
-                self.sample(f"parallel_j{jobs}", res)
+                self.sample(f"parallel_{name}", res)
+
+    def snapshot(self) -> None:
+        """Restore against cold boot per default environment (probes.py snapshot)."""
+        for env in self.args.snapshot_env:
+            extra = {"HARNESS_CROSVM": str(DOUBLE)} if env.startswith("crosvm") else {}
+            self.say(f"snapshot: {env}: cold boot against restore, {self.args.snapshot_rounds} "
+                     f"rounds" + (" (crosvm through its double)" if extra else ""))
+            d = self.s.dir(f"snapshot-{env}")
+            argv = [sys.executable, str(BENCH / "probes.py"), "snapshot", "--env", env,
+                    "--workdir", str(d), "--rounds", str(self.args.snapshot_rounds),
+                    *self.env_args()]
+            saved = dict(self.s.env)
+            self.s.env.update(extra)
+            try:
+                _, out = self.s.run(argv, timeout=1800, label=f"snapshot-{env}")
+            finally:
+                self.s.env = saved
+            self.sample("snapshot", _json_line(out))
+
+    def default_run(self) -> None:
+        """`./dev run`'s run (the built-in suites on the default environments): today's
+        (shared guests, cold boots: --no-snapshot) against every test isolated by restore,
+        from an empty snapshot cache and from the cache that run left."""
+        args = [*self.env_args(), *(a for e in self.args.default_run_env for a in ("--env", e))]
+        cache = self.s.root / "default-run-snapshots"
+        variants = (("boot", ["--no-snapshot"]), ("restore_cold_cache", []),
+                    ("restore_warm_cache", []))
+        for r in range(self.args.default_run_rounds):
+            shutil.rmtree(cache, ignore_errors=True)
+            for name, extra in variants:
+                self.say(f"default run ({r + 1}/{self.args.default_run_rounds}): {name}")
+                saved = dict(self.s.env)
+                self.s.env["HARNESS_SNAPSHOT_DIR"] = str(cache)
+                try:
+                    res = self.harness_run(f"default-{name}", "run", *args, *extra)
+                finally:
+                    self.s.env = saved
+                summary = json.loads((Path(res["out"]) / "summary.json").read_text())
+                res["results"] = {}
+                for t in summary["tests"]:
+                    res["results"][t["result"]] = res["results"].get(t["result"], 0) + 1
+                props = [t["harness"]["attempts"][-1]["properties"] for t in summary["tests"]]
+                res["guests"] = {k: sum(p.get("start") == k for p in props)
+                                 for k in ("boot", "restore")}
+                res["booted"] = sum("boot_s" in p for p in props)
+                res["test_s"] = sum(t["duration_milliseconds"] for t in summary["tests"]) / 1000
+                self.sample(f"default_{name}", res)
 
     def serial(self) -> None:
         nbytes = int(self.args.guest_serial_mb * 1_000_000)
@@ -417,7 +486,8 @@ class Bench:
                     self.sample("serial_guest_raw", res)
                     continue
                 res = self.harness_run("serial", "run", *self.env_args(), "--tests",
-                                       str(tests), "--env", self.env.name, rss=True)
+                                       str(tests), "--env", self.env.name, "--no-snapshot",
+                                       rss=True)
                 a = _summary_attempt(Path(res["out"]))
                 if a["result"] != "PASS":
                     raise RuntimeError(f"serial test: {a['result']}: {a.get('message')}")
@@ -599,10 +669,55 @@ def figures(b: Bench) -> list[dict[str, Any]]:
             ref_name="--jobs 1", ratio_v=r, target=TARGETS["parallel_ratio"], check=r,
             note=f"median boot {_fmt(boots[1], 's')} alone, {_fmt(boots[2], 's')} two at a time; "
                  f"harness CPU {cpu:.2f} s per test")
-        for k in ("parallel_j1", "parallel_j2"):
-            for x in s[k]:
+        for k in ("parallel_j1", "parallel_j2", "parallel_j2_restore"):
+            for x in s.get(k, []):
                 for f in x.get("failures", []):
                     b.notes.append(f"{k}: {f['test']} {f['result']}: {f['message'][:200]}")
+    if "parallel_j2_restore" in s and "parallel_j2" in s:
+        tr = median(col("parallel_j2_restore", "throughput_per_min"))
+        t2 = median(col("parallel_j2", "throughput_per_min"))
+        restores = median([v for x in s["parallel_j2_restore"] for v in x["restore_s"] if v == v])
+        row("snapshot", "8 isolated tests, --jobs 2, each guest restored", tr, "tests/min",
+            ref=t2, ref_name="--jobs 2, each guest booted", ratio_v=ratio(tr, t2),
+            note=f"median restore {_fmt(restores, 's')} two at a time; the snapshot saved "
+                 "beforehand (a cache that outlives runs)")
+    for x in s.get("snapshot", []):
+        cold, rest = median(x["cold_s"]), median(x["restore_s"])
+        fraction = paired_ratio(x["restore_s"], x["cold_s"])
+        label = x["env"] + (" (crosvm double)" if x["engine"] == "crosvm" else "")
+        row("snapshot", f"{label}: restore to an answering shell", rest, "s", ref=cold,
+            ref_name="cold boot to an answering shell", ratio_v=fraction,
+            target=TARGETS["restore_fraction"], check=fraction,
+            note=f"{len(x['restore_s'])} rounds, interleaved; the save took "
+                 f"{_fmt(x.get('save_s'), 's')} after a {_fmt(x.get('build_boot_s'), 's')} boot; "
+                 f"snapshot {_fmt(x.get('snapshot_mib'), 'MiB')} on disk")
+        row("snapshot", f"  {label}: peak VMM memory per guest",
+            median(x["restore_hwm_mib"]), "MiB", ref=median(x["cold_hwm_mib"]),
+            ref_name="booted guest", ratio_v=ratio(median(x["restore_hwm_mib"]),
+                                                   median(x["cold_hwm_mib"])),
+            note="VmHWM summed over the VMM's session (the double: itself and its QEMU)")
+        row("snapshot", f"  {label}: disk per restored guest", median(x["restore_disk_kib"]),
+            "KiB", ref=median(x["cold_disk_kib"]), ref_name="booted guest's raw disks",
+            note="allocated blocks of its private directory (qcow2 overlays) after a `sync`; "
+                 "the snapshot is shared by every guest")
+    if "default_boot" in s and "default_restore_warm_cache" in s:
+        boot = median(col("default_boot", "wall_s"))
+        warm = median(col("default_restore_warm_cache", "wall_s"))
+        cold = median(col("default_restore_cold_cache", "wall_s"))
+        r = paired_ratio(col("default_restore_warm_cache", "wall_s"), col("default_boot",
+                                                                          "wall_s"))
+        x, y = s["default_restore_warm_cache"][-1], s["default_boot"][-1]
+        row("snapshot", "default run, every test isolated by restore", warm, "s", ref=boot,
+            ref_name="shared guests, cold boots (--no-snapshot)", ratio_v=r,
+            target=TARGETS["default_run_ratio"], check=r,
+            note=f"{x['guests']['restore']} guests restored, {x['booted']} booted (reboots "
+                 f"are not starts); --no-snapshot booted {y['booted']}; results "
+                 f"{x['results']} vs {y['results']}; test time {x['test_s']:.0f} s vs "
+                 f"{y['test_s']:.0f} s")
+        row("snapshot", "  the same from an empty snapshot cache", cold, "s", ref=boot,
+            ref_name="shared guests, cold boots", ratio_v=paired_ratio(
+                col("default_restore_cold_cache", "wall_s"), col("default_boot", "wall_s")),
+            note="each environment boots once and saves before its tests restore")
     if "capture_harness" in s:
         cap = median(col("capture_harness", "mb_per_s"))
         raw_cap = median(col("capture_raw", "mb_per_s"))
@@ -718,6 +833,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="MB a TCG guest writes to its UART (about 0.3 MB/s: keep it small)")
     ap.add_argument("--capture-mb", type=float, default=50.0,
                     help="MB pushed through Console.run from a host-speed source")
+    ap.add_argument("--snapshot-env", action="append", metavar="ENV",
+                    help=f"environments of the restore-vs-boot figures (repeatable; default: "
+                         f"{', '.join(SNAPSHOT_ENVS)}; crosvm ones run the double)")
+    ap.add_argument("--snapshot-rounds", type=int, default=3)
+    ap.add_argument("--default-run-env", action="append", default=[], metavar="ENV",
+                    help="narrow the default-run figure to these environments (default: all, "
+                         "as `./dev run`)")
+    ap.add_argument("--default-run-rounds", type=int, default=1,
+                    help="each round: --no-snapshot, restore from an empty cache, restore from "
+                         "the cache it left (three default runs, about 2-3 min each)")
     ap.add_argument("--plan-entries", type=int, default=20_000)
     ap.add_argument("--plan-rounds", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
@@ -726,9 +851,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     args = ap.parse_args(argv)
     if args.quick:
+        args.snapshot_rounds = 1
+        args.snapshot_env = args.snapshot_env or ["qemu-x64-minimal"]
+        args.default_run_env = args.default_run_env or ["qemu-x64-minimal"]
         args.rounds, args.blocks, args.per_block = 2, 2, 5
         args.guest_serial_mb, args.capture_mb, args.plan_rounds = 0.3, 10.0, 1
         args.parallel_rounds = 1
+    if args.snapshot_env is None:
+        args.snapshot_env = list(SNAPSHOT_ENVS)
     return args
 
 
@@ -762,6 +892,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench.serial()
         if "plan" in sections:
             bench.plan()
+        if "snapshot" in sections:
+            bench.snapshot()
+        if "default-run" in sections:
+            bench.default_run()
     except KeyboardInterrupt:
         error = "interrupted"
         print("\ninterrupted: stopping guests, reporting what was measured", file=sys.stderr)

@@ -1,9 +1,11 @@
 """The four suites, for real, on x86_64 and arm64: QEMU, and the crosvm engine via its double.
 
-One `harness run` boots every guest (two at a time, shared where tests allow) and
-the tests below read what it left: this is what CI's builders run, checked the way
-their dashboards read it. The crosvm environments run against
-tests/crosvm_double/crosvm, which honours crosvm's process contract on QEMU.
+One `harness run` (two guests at a time) gives every test a guest of its own, restored
+from its environment's snapshot (harness.snapshot; booted once per environment and
+saved, unless the cache already had it), and the tests below read what it left: this
+is what CI's builders run, checked the way their dashboards read it. The crosvm
+environments run against tests/crosvm_double/crosvm, which honours crosvm's process
+contract on QEMU; crosvm restores on x86_64 only, so crosvm-arm64's guests boot.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +149,35 @@ def test_crosvm_reboot_relaunches_on_exit_32(run: Run, env: str) -> None:
     serial = (run.out / t["harness"]["folder"] / "serial.log").read_text(errors="replace")
     assert "relaunching crosvm after" in serial, "crosvm's reset (exit 32) must relaunch"
     assert serial.count("HARNESS-BOOT-OK") >= 2
+
+
+# Where guests start from a restore: every QEMU environment, and crosvm's x86_64 ones.
+RESTORED_ENVS = (*QEMU_ENVS, "crosvm-x64", "crosvm-x64-minimal")
+
+
+@pytest.mark.parametrize("env", QEMU_ENVS + CROSVM_ENVS)
+def test_every_guest_is_restored_where_snapshots_work_and_junit_says(run: Run,
+                                                                     env: str) -> None:
+    """Each test that had a guest says how it started (JUnit property, summary tag): from a
+    restore on QEMU (both arches) and crosvm x86_64, a boot with the reason on crosvm arm64."""
+    started = [t for t in run.tests if t["harness"]["environment"] == env
+               and "start" in t["harness"]["attempts"][-1]["properties"]]
+    tags = [{tag["key"]: tag["value"] for tag in t["tags"]} for t in started]
+    # Restored: every test that ran had a guest of its own. Booted: tests that may share do.
+    least = 10 if env in RESTORED_ENVS and env != "qemu-x64-minimal" else 5
+    assert len(started) >= least, f"{env}: {len(started)} tests had a guest of their own"
+    if env in RESTORED_ENVS:
+        assert {tag["start"] for tag in tags} == {"restore"}, env
+        assert all(float(tag["restore_s"]) > 0 for tag in tags)
+    else:
+        assert {tag["start"] for tag in tags} == {"boot"}, env
+        assert all("x86_64 only" in tag["start_reason"] for tag in tags)
+    suite = next(s for s in ET.parse(run.out / "junit.xml").getroot().iter("testsuite")
+                 if any(p.get("name") == "environment" and p.get("value") == env
+                        for p in s.iter("property")))
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    for t in started:
+        assert props[f"{t['name']}.start"] in ("restore", "boot")
 
 
 def test_crosvm_network_needs_tap_and_says_so(run: Run) -> None:
