@@ -711,6 +711,10 @@ def doctor_command(args: argparse.Namespace) -> int:
             if env.engine == "qemu" and isinstance(engine, QemuEngine):
                 entry["kvm_verdict"] = engine.accel_reasons.get(env.arch) or \
                     engine._cached_verdict(env.arch)[1]
+            # issue 13: whether its tests start from a restore, and if not why.
+            entry["snapshot"] = ("off: \"snapshot\": false" if not env.snapshot else
+                                 "off: a product bundle boots" if env.image.product_bundle else
+                                 await engine.snapshot_unavailable(env) or "ok")
             report[f"environment {env.name}"] = entry
         crosvm = engines["crosvm"]
         doctor = getattr(crosvm, "doctor", None)
