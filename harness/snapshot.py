@@ -204,7 +204,13 @@ class GuestStarter:
         async with slot.lock:
             built: dict[str, str] = {}
             if slot.unusable is None and slot.snapshot is None:
-                outcome = await self._find_or_build(slot, env, engine, image, folder)
+                try:
+                    outcome = await self._find_or_build(slot, env, engine, image, folder)
+                except OSError as e:  # a cache that cannot be written costs restores, no more
+                    assert self.store is not None
+                    self._give_up(slot, env, f"the snapshot cache {self.store.root} cannot be "
+                                             f"used: {e}")
+                    outcome = {}
                 if isinstance(outcome, Guest):
                     return outcome  # its boot failed: the test reports that boot
                 built = outcome

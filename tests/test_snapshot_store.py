@@ -394,3 +394,46 @@ def test_dashboards_take_a_restored_guests_boot_from_its_snapshot() -> None:
     # The attempt that saved the snapshot booted it: its own boot counts.
     assert boot_samples(result({"boot_s": "4.0", "snapshot_boot_s": "4.0"})) == [4.0]
     assert boot_samples(result({"start": "restore"}, {})) == []
+
+
+class _FakeEngine:
+    """Enough of an engine for GuestStarter to key a snapshot; it never starts a VMM."""
+
+    name = "qemu"
+
+    async def settle(self, env: object) -> None:
+        return None
+
+    async def snapshot_unavailable(self, env: object) -> None:
+        return None
+
+    async def vmm_identity(self, env: object) -> str:
+        return "fake 1.0"
+
+    def command(self, env: object, image: object, paths: RunPaths) -> list[str]:
+        return ["fake-vmm", str(paths.workdir)]
+
+
+async def test_a_cache_that_cannot_be_written_costs_restores_not_tests(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    said: list[str] = []
+    booted: list[str] = []
+
+    def cold_guest(env: object, engine: object, image: object, folder: Path) -> object:
+        booted.append(folder.name)
+        return object()
+
+    starter = GuestStarter(store=SnapshotStore(blocker / "snapshots", cap=1 << 30),
+                           cold_guest=cold_guest, make_disks=lambda e, d: [],  # type: ignore
+                           disk_paths=lambda e, d: [], say=said.append)  # type: ignore[arg-type]
+    [run] = _plan([{"name": "a", "path": "/bin/true"}])
+    image = make_image(tmp_path, "x86_64")
+    for n in range(2):
+        await starter.new_guest(run, run.environment, _FakeEngine(), image,  # type: ignore
+                                tmp_path / f"t{n}")
+    await starter.close()
+    assert booted == ["t0", "t1"]
+    [line] = said  # once, however many tests
+    assert "guests boot for the rest of the run: the snapshot cache" in line
+    assert "Not a directory" in line
