@@ -29,6 +29,7 @@ from harness import plan as planmod
 from harness.cli import build_parser
 from harness.engines.base import RestoreFrom, RunPaths
 from harness.engines.crosvm import RUN_OPTIONS, SNAPSHOT_ARCH_REASON, CrosvmEngine
+from harness.engines.process import _group_running, kill_and_reap, start_vmm
 from harness.engines.qemu import qemu_command
 from harness.errors import ConfigError
 from harness.overlays import create_overlay, is_qcow2, parse_qemu_io_dump, read_disk
@@ -437,3 +438,19 @@ async def test_a_cache_that_cannot_be_written_costs_restores_not_tests(tmp_path:
     [line] = said  # once, however many tests
     assert "guests boot for the rest of the run: the snapshot cache" in line
     assert "Not a directory" in line
+
+
+async def test_a_killed_vmms_whole_group_is_gone_when_kill_returns(tmp_path: Path) -> None:
+    """Isolation starts a guest per test: the next one of an environment with a TAP opens it
+    as soon as the last one is killed, so nothing of the last may still hold it."""
+    master, slave = os.openpty()
+    try:
+        process = await start_vmm(["sh", "-c", "sleep 60 & exec sleep 60"], console_fd=slave,
+                                  stderr_path=tmp_path / "err")
+        await anyio.sleep(0.2)
+        assert _group_running(process.pid)
+        await kill_and_reap(process)
+        assert not _group_running(process.pid)
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,7 +69,45 @@ async def kill_and_reap(process: Process, *, grace_s: float = 0.0) -> int:
         rc = await process.wait()
         # The leader is reaped; children it left in the group get the same end.
         signal_group(process.pid, signal.SIGKILL)
+        await _group_gone(process.pid)
         return rc
+
+
+GROUP_EXIT_WAIT_S = 2.0
+
+
+async def _group_gone(pgid: int) -> None:
+    """Wait (briefly, bounded) until no process of the group is left running.
+
+    What a VMM holds exclusively (a TAP device, opened once; an image's write lock) is free
+    only when the last process holding it has exited: crosvm's device processes, or the
+    QEMU the crosvm double runs, may outlive the leader by a moment after SIGKILL, and the
+    next guest of the same environment would find the TAP busy. A zombie holds nothing (and
+    who reaps it is not ours to wait for). Polled: nothing notifies of the end of another
+    process's children; they die within milliseconds of SIGKILL.
+    """
+    deadline = time.monotonic() + GROUP_EXIT_WAIT_S
+    while time.monotonic() < deadline and _group_running(pgid):
+        await anyio.sleep(0.01)
+
+
+def _group_running(pgid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether a process of group `pgid` is alive (not a zombie)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[0] is stat's field 3 (state), fields[2] field 5 (the process group).
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def describe_returncode(rc: int) -> str:

@@ -71,17 +71,19 @@ BOOT_MARKER = signature_pattern(
     rb"HARNESS-BOOT-OK boot_id=[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
 )
 PROMPT = signature_pattern(rb"harness# ")
-# After a restore: every interface that is up goes down and up, so its driver renegotiates
-# the link, and a running udhcpc renews its lease (SIGUSR1); at save time the harness's init
-# has brought up `lo` only, so normally nothing moves. Then the wall clock jumps to now: it
-# stood still from the save (under TCG the guest's clocksource follows QEMU's virtual clock,
-# which a migration carries over; the RTC follows the host's and is right already). The
-# command's status is `date`'s; a subshell, so that no variable of it stays in the shell.
+# After a restore: the wall clock jumps to now first (it stood still from the save: under TCG
+# the guest's clocksource follows QEMU's virtual clock, which a migration carries over; the
+# RTC follows the host's and is right already), before anything slow runs: `date` is set to
+# the second the host read, so every moment between that read and `date` running is error.
+# Then every interface that is up goes down and up, so its driver renegotiates the link, and
+# a running udhcpc renews its lease (SIGUSR1); at save time the harness's init has brought up
+# `lo` only, so normally nothing moves. The status is `date`'s; the rest runs in a subshell,
+# so that no variable of it stays in the shell.
 AFTER_RESTORE = (
-    "(for n in /sys/class/net/*; do i=${{n##*/}}; [ \"$i\" = lo ] && continue; "
-    "ip link show \"$i\" | grep -q '[<,]UP[,>]' || continue; "
+    "date -u -s @{epoch} >/dev/null && (for n in /sys/class/net/*; do i=${{n##*/}}; "
+    "[ \"$i\" = lo ] && continue; ip link show \"$i\" | grep -q '[<,]UP[,>]' || continue; "
     "ip link set \"$i\" down; ip link set \"$i\" up; done; "
-    "killall -USR1 udhcpc 2>/dev/null; date -u -s @{epoch} >/dev/null)"
+    "killall -USR1 udhcpc 2>/dev/null; true)"
 )
 RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
 
