@@ -7,8 +7,10 @@ or the engines, and so that tests can call a command without a subprocess.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,17 +18,23 @@ from pathlib import Path
 import anyio
 
 from harness import environments as envmod
+from harness import jsonfile, stoptoken
 from harness import plan as planmod
 from harness.engines.base import Engine, RunPaths
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
-from harness.errors import ConfigError, HarnessError
+from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, ConfigError, HarnessError
 from harness.images.model import GuestImage
+from harness.outputs import Terminal, check_writable, prepare_out_dir
 from harness.results import RunResult
+from harness.signals import RunSignals
 from harness.spec import TestSpec, load_specs, parse_specs
+from harness.stoptoken import StopToken
 from harness.suite import SuiteTest, default_specs, registry
+from harness.workdirs import sweep_stale
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# A summary.json of a 3,000-test run is about 30 MiB; far beyond any real one.
+MAX_SUMMARY = 1024 * jsonfile.MiB
 
 
 def make_engines() -> dict[str, Engine]:
@@ -110,6 +118,7 @@ def durations(args: argparse.Namespace) -> dict[str, float] | None:
         return None
     from harness.report.summary import load_summary
 
+    jsonfile.check_file(args.durations_from, MAX_SUMMARY, "summary.json")
     run = load_summary(Path(args.durations_from))
     return {r.key: r.duration_s for r in run.results}
 
@@ -125,26 +134,34 @@ def plan_command(args: argparse.Namespace) -> int:
     plan, _envs, _tests = build_plan(args)
     engines = make_engines()
     placeholder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "harness-ENV"
+    argvs: dict[str, list[str]] = {}
 
     def argv_for(run: planmod.PlannedRun) -> list[str] | None:
+        """The VMM command of `run`'s environment: the same for each of its runs, so it is
+        worked out once per environment (looking up the image reads files)."""
         env = run.environment
-        try:
-            image = image_for(env, build=False)
-        except HarnessError:
-            image = _unbuilt_image(env)
-        from harness.runner import make_disk_paths
+        argv = argvs.get(env.name)
+        if argv is None:
+            try:
+                image = image_for(env, build=False)
+            except HarnessError:
+                image = _unbuilt_image(env)
+            from harness.runner import make_disk_paths
 
-        workdir = placeholder.with_name(f"harness-{env.name}")
-        return engines[env.engine].command(env, image, RunPaths(
-            workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
+            workdir = placeholder.with_name(f"harness-{env.name}")
+            argv = argvs[env.name] = engines[env.engine].command(env, image, RunPaths(
+                workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
+        return argv
 
     sharding = shard_args(args)
     total = sharding[1] if sharding else 1
     if args.json:
-        print(json.dumps(planmod.plan_json(plan, argv_for, total_shards=total,
-                                           durations=durations(args)), indent=1))
+        # Streamed: 50,000 runs are a few MB of text, never a few GB of objects.
+        planmod.write_plan_json(plan, argv_for, sys.stdout, total_shards=total,
+                                durations=durations(args))
     else:
-        print(planmod.plan_text(plan, total_shards=total, durations=durations(args)))
+        sys.stdout.write(planmod.plan_text(plan, total_shards=total, durations=durations(args)))
+    sys.stdout.flush()
     return EXIT_OK
 
 
@@ -159,62 +176,108 @@ def _unbuilt_image(env: Environment) -> GuestImage:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.interactive:
+        plan, envs, _tests = build_plan(args)
+        return interactive_command(args, plan, envs)
+    # Handlers for the whole run, from before the inputs are read to the last line.
+    with RunSignals() as signals:
+        return _run(args, signals)
+
+
+def _run(args: argparse.Namespace, signals: RunSignals) -> int:
     from harness.cli import default_out_dir, repro_base
-    from harness.report import write_reports
+    from harness.images import cache_dir, sweep_cache
     from harness.runner import Runner, RunOptions
 
-    plan, envs, tests = build_plan(args)
-    if args.interactive:
-        return interactive_command(args, plan, envs)
+    term = Terminal(enabled=not args.quiet)
+    plan, _envs, tests = build_plan(args)
     runs = plan.runs
     sharding = shard_args(args)
     if sharding:
         runs = planmod.shard(runs, sharding[0], sharding[1], durations=durations(args))
         planmod.acknowledge_sharding(os.environ)
-    if args.jobs < 1:
-        raise ConfigError("command line", None, "--jobs", "must be at least 1")
     out = Path(args.out) if args.out else default_out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    # Before anything runs: a results directory or cache the host will not let us write
+    # is one line naming it now, not a traceback an hour in.
+    cache = cache_dir()
+    check_writable(cache, "the cache directory" + (" (HARNESS_CACHE_DIR)"
+                                                   if os.environ.get("HARNESS_CACHE_DIR") else ""))
+    cleaned = prepare_out_dir(out)
+    if cleaned:
+        term.say(cleaned, always=True)
     if not args.out:
-        latest = out.parent / "latest"
-        if latest.is_symlink() or not latest.exists():
-            tmp = out.parent / f".latest.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(out.name)
-            os.replace(tmp, latest)
+        _point_latest(out)
+    # What killed runs left behind (their owners are gone): guests' work directories with
+    # their disk images, and image builds' work directories in the cache.
+    stale = sweep_stale()
+    sweep_cache(cache)
+    if stale:
+        term.say(f"harness: removed {_count(len(stale), 'work directory')} left by runs that "
+                 "were killed", always=True)
     options = RunOptions(
         out_dir=out, jobs=args.jobs, retries=args.retries,
         log_cap=(args.log_cap_mib << 20) or None,
         repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
+        terminal=term,
     )
     if not runs:
-        print("harness: nothing selected to run", file=sys.stderr)
+        term.say("harness: nothing selected to run", always=True)
     n_envs = len({r.environment.name for r in runs})
-    _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
-               f"{args.jobs} at a time; results in {out}")
-    runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
-                    on_result=lambda r: write_reports(r))
+    term.say(f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
+             f"{args.jobs} at a time; results in {out}")
+    runner = Runner(runs, tests, make_engines(), options, image_for=image_for)
+    stop = StopToken()
+    signals.record_only()
 
     async def main() -> RunResult:
+        stoptoken.CURRENT.set(stop)  # image builds in worker threads find it (stoptoken.py)
+
+        def deliver(sig: signal.Signals, count: int) -> None:
+            if count == 1:
+                stop.stop(f"interrupted by {sig.name}")
+                runner.interrupt(f"interrupted by {sig.name}")
+            else:
+                stop.hurry()
+                runner.hurry(sig.name)
+
+        signals.attach(deliver)
         result = await runner.run()
-        write_reports(result)
+        signals.results_final()
         if runner.kept:
             from harness.interactive import keep_serving
 
             try:
-                await keep_serving(runner.kept, say=lambda line: print(line, file=sys.stderr))
+                await keep_serving(runner.kept, say=lambda line: term.say(line, always=True),
+                                   until=signals.wait)
             finally:
                 for guest in runner.kept:
                     await guest.close()
         return result
 
     result: RunResult = anyio.run(main, backend="asyncio")
+    signals.detach()
     totals = result.totals()
-    _say(args, "harness: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v) +
-         f" in {result.duration_s:.1f} s; junit: {out / 'junit.xml'}")
-    if result.interrupted:
-        return 130 if runner.interrupted and "SIGINT" in runner.interrupted else 143
+    term.say("harness: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v) +
+             f" in {result.duration_s:.1f} s; junit: {out / 'junit.xml'}")
+    status = signals.exit_status
+    if status is not None:
+        return status
+    if runner.output_errors:
+        for line in runner.output_errors:
+            term.say(f"harness: infrastructure: {line}", always=True)
+        return EXIT_INFRA
     return EXIT_FAILED if result.blocking_failed else EXIT_OK
+
+
+def _point_latest(out: Path) -> None:
+    """results/latest -> the newest run (a convenience: failing to update it is no error)."""
+    latest = out.parent / "latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() or not latest.exists():
+            tmp = out.parent / f".latest.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(out.name)
+            os.replace(tmp, latest)
 
 
 def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: EnvironmentSet) -> int:
@@ -280,9 +343,13 @@ def images_command(args: argparse.Namespace) -> int:
         wanted = [w for w in wanted if w[1] in args.arch]
     if args.name:
         wanted = [w for w in wanted if w[0] in args.name]
-    for name, arch in wanted:
-        image = images.build_image(name, arch, force=args.force)
-        print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
+    check_writable(images.cache_dir(), "the cache directory")
+    # A signal raises Interrupted where the build is; the build stops its child process
+    # and removes its work directories on the way out (harness.images.build._run).
+    with RunSignals():
+        for name, arch in wanted:
+            image = images.build_image(name, arch, force=args.force)
+            print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
     return EXIT_OK
 
 
