@@ -43,6 +43,8 @@ NOT_FINISHED = ("did not finish: the run ended before this test did (the harness
 
 @dataclasses.dataclass
 class _Pending:
+    """Lines waiting for the write that makes them true."""
+
     lines: list[str]
 
 
@@ -86,8 +88,10 @@ class Recorder:
         self._wake.set()
 
     async def serve(self) -> None:
-        """The writing task; runs until `close`."""
+        """The writing task; runs until `close`. It writes the files once at the start
+        too, so that a harness killed during its first boot leaves every test listed."""
         try:
+            self._wake.set()
             while not self._closing:
                 await self._wake.wait()
                 self._wake = anyio.Event()
@@ -96,12 +100,14 @@ class Recorder:
                     await anyio.sleep(delay)
                 if self._closing:
                     break
-                snapshot = RunResult(results=list(self._slots), out_dir=self.out_dir,
-                                     interrupted=True, started=self.started,
-                                     duration_s=time.monotonic() - self._t0)
-                await self._write(snapshot)
+                await self._write(self._snapshot())
         finally:
             self._idle.set()
+
+    def _snapshot(self) -> RunResult:
+        """What the files must say if the harness dies after writing them."""
+        return RunResult(results=list(self._slots), out_dir=self.out_dir, interrupted=True,
+                         started=self.started, duration_s=time.monotonic() - self._t0)
 
     async def close(self, final: RunResult) -> str | None:
         """Write the final results and print every line still waiting; the error, if any."""

@@ -100,6 +100,7 @@ class Runner:
         self.folders = run_folders((r.environment.name, r.spec.name) for r in self.runs)
         self.output_errors: list[str] = []  # host failures (a full disk...): exit status 3
         self.recorder: Recorder | None = None
+        self._finished_count = 0
 
     # -- public --------------------------------------------------------------------------------
 
@@ -361,8 +362,8 @@ class Runner:
             attempt.message = f"harness error: {type(e).__name__}: {e}"
             attempt.details = traceback.format_exc()
         await self._wrap_up(attempt, guest, keep, folder, t0)
-        if attempt.status != Status.INFRA_FAIL and attempt.status in (Status.PASS, Status.FAIL) \
-                and guest is not None and guest.log.error is not None:
+        if attempt.status in (Status.PASS, Status.FAIL) and guest is not None \
+                and guest.log.error is not None:
             # The test passed or failed on what it saw, but its log is cut short where
             # the disk refused it: the result cannot be backed by its evidence.
             attempt.status, attempt.message = Status.INFRA_FAIL, guest.log.error
@@ -410,7 +411,8 @@ class Runner:
 
     def _finished(self, result: TestResult) -> None:
         """`result` is final: record it, and print it once it is on disk."""
-        lines = [progress_line(result, self._done(), len(self.runs))]
+        self._finished_count += 1
+        lines = [progress_line(result, self._finished_count, len(self.runs))]
         if not result.status.ok and result.repro:
             # Escaped for the terminal; repro.sh holds the exact line.
             lines.append(f"        repro: {terminal_safe(result.repro)}")
@@ -427,9 +429,6 @@ class Runner:
                     result.final.artifacts[REPRO_SCRIPT] = script
         assert self.recorder is not None
         self.recorder.finished(result, lines)
-
-    def _done(self) -> int:
-        return sum(1 for r in self.results.values() if r.attempts)
 
     def _blank(self, r: PlannedRun) -> TestResult:
         test = self.tests.get(r.spec.name)

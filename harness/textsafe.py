@@ -121,7 +121,8 @@ def name_safe(s: str) -> str:
     could retitle the window or clear the screen where its progress line is printed,
     and a newline in it could forge a line. Every control character is escaped.
     """
-    return s.translate(_NAME_TABLE)
+    # Most names hold nothing to escape; isprintable() says so without a copy.
+    return s if s.isprintable() else s.translate(_NAME_TABLE)
 
 
 def head_tail(s: str, limit_bytes: int, head_bytes: int, *, where: str = "") -> str:

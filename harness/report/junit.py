@@ -1,13 +1,17 @@
 """JUnit XML for CI (Jenkins, GitLab) and people, valid under junit-10.xsd.
 
-junit-xml builds the document; three things it cannot do are patched on the
-element tree afterwards: Surefire's flakyFailure/rerunFailure elements for
-retried tests, times that junit-10.xsd accepts (it allows at most three
-decimals on suites, junit-xml writes Python's float repr), and dropping the
+junit-xml builds each test's elements; three things it cannot do are patched
+on the element tree afterwards: Surefire's flakyFailure/rerunFailure elements
+for retried tests, times that junit-10.xsd accepts (it allows at most three
+decimals on suites, junit-xml writes Python's float repr), and leaving out the
 `disabled` attribute the schema rejects. All guest text passes through
 `xml_safe` first, because junit-xml either raises on an ESC or writes a
 character reference XML 1.0 forbids, and one such byte makes the whole file
 unreadable to every consumer.
+
+The document is assembled from per-test fragments (JunitRenderer), which a run
+rewriting junit.xml after every finished test keeps between writes, so each
+test is rendered once rather than on every write (harness.recorder).
 
 Shape: one <testsuite> per environment, one <testcase> per (environment,
 test) with classname `<environment>.<suite>`, and one more <testcase> per
