@@ -24,6 +24,7 @@ from harness.engines.base import Engine, RunPaths
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, ConfigError, HarnessError
+from harness.folders import safe_name
 from harness.images.model import GuestImage
 from harness.outputs import Terminal, check_writable, prepare_out_dir
 from harness.results import RunResult
@@ -31,6 +32,7 @@ from harness.signals import RunSignals
 from harness.spec import TestSpec, load_specs, parse_specs
 from harness.stoptoken import StopToken
 from harness.suite import SuiteTest, default_specs, registry
+from harness.textsafe import name_safe, terminal_safe
 from harness.workdirs import sweep_stale
 
 # A summary.json of a 3,000-test run is about 30 MiB; far beyond any real one.
@@ -303,20 +305,22 @@ def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: Envi
         from harness.guest import private_workdir
         from harness.runner import make_disks
 
-        workdir = private_workdir(f"harness-{env.name[:24]}-")
-        guest = Guest(env, engine, image, out / f"{env.name}-serial.log", workdir=workdir,
+        workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
+        log = out / f"{safe_name(env.name)}-serial.log"
+        guest = Guest(env, engine, image, log, workdir=workdir,
                       disks=make_disks(env, workdir), own_workdir=True)
         try:
-            print(f"booting {env.name}: {' '.join(guest.command_line)}", file=sys.stderr)
+            print(f"booting {name_safe(env.name)}: {terminal_safe(' '.join(guest.command_line))}",
+                  file=sys.stderr)
             boot = await guest.start()
-            print(f"\r\n[harness] {env.name} is up after {boot.ready_s:.1f} s; this is its "
-                  f"serial console. Ctrl-] leaves and tears the guest down.\r", file=sys.stderr)
+            print(f"\r\n[harness] {name_safe(env.name)} is up after {boot.ready_s:.1f} s; this "
+                  "is its serial console. Ctrl-] leaves and tears the guest down.\r",
+                  file=sys.stderr)
             guest.console.sendline("")
             await interact(guest.console)
         finally:
             await guest.close()
-        print(f"\r\n[harness] {env.name} stopped; serial log: "
-              f"{out / (env.name + '-serial.log')}", file=sys.stderr)
+        print(f"\r\n[harness] {name_safe(env.name)} stopped; serial log: {log}", file=sys.stderr)
         return EXIT_OK
 
     return anyio.run(main, backend="asyncio")

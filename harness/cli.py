@@ -18,9 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness import environments as envmod
-from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, EXIT_USAGE, ConfigError, HarnessError
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    HarnessError,
+    Interrupted,
+)
 from harness.outputs import describe, silence, stream_broken
-from harness.signals import Interrupted, exit_status
 from harness.textsafe import terminal_safe
 
 
@@ -164,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_status
     except Interrupted as e:
         _error(f"harness: {e}")
-        return exit_status(e.signal)
+        return e.exit_status
     except KeyboardInterrupt:
         _error("harness: interrupted")
         return 130

@@ -51,5 +51,14 @@ class OutputError(HarnessError):
     exit_status = EXIT_INFRA
 
 
+class Interrupted(Exception):
+    """A signal arrived before the run started (see harness.signals); exit 128 + signal."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(f"interrupted by {name} before the run started")
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
 class Unsupported(HarnessError):
     """The engine has no such control (for example a power button where there is no ACPI)."""

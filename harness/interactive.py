@@ -21,6 +21,7 @@ import anyio
 import pexpect
 
 from harness.console import Console
+from harness.textsafe import name_safe
 
 ESCAPE = b"\x1d"  # Ctrl-]
 _ANY = re.compile(rb"(?s).+")
@@ -119,7 +120,7 @@ async def keep_serving(guests: Sequence[object], *, say: Callable[[str], None],
             sock = guest.workdir / "console.sock"  # type: ignore[attr-defined]
             tg.start_soon(serve, guest.console, sock)  # type: ignore[attr-defined]
             pid = guest.vmm.pid if guest.vmm else "?"  # type: ignore[attr-defined]
-            say(f"kept {guest.env.name} (VMM pid {pid}) after its failure:\n"  # type: ignore[attr-defined]
+            say(f"kept {name_safe(guest.env.name)} (VMM pid {pid}) after its failure:\n"  # type: ignore[attr-defined]
                 f"  attach: harness attach {sock}    (Ctrl-] detaches)\n"
                 f"  stop:   Ctrl-C here, or kill -TERM {os.getpid()}")
         if until is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.report.summary import load_summary
 from harness.results import TestResult
-from harness.textsafe import name_safe
+from harness.textsafe import name_safe, terminal_safe
 
 SUMMARY = "summary.json"
 REPRO_SCRIPT = "repro.sh"
@@ -210,13 +210,14 @@ def repro_command(results_dir: Path, test: str, env: str | None = None, *,
         args += ["--out", out]
     command = shlex.join([*harness_command(), *args])
     if print_only:
-        print(command)
+        print(command)  # exact, for a pipe or a script (the terminal lines below are escaped)
         return 0
     result = repro.result
     if result.status.ok:
-        print(f"harness repro: note: {result.key} was {result.status.value} in that run",
-              file=sys.stderr)
-    print(f"harness repro: {result.key}: {command}", file=sys.stderr, flush=True)
+        print(f"harness repro: note: {name_safe(result.key)} was {result.status.value} in that "
+              "run", file=sys.stderr)
+    print(f"harness repro: {name_safe(result.key)}: {terminal_safe(command)}", file=sys.stderr,
+          flush=True)
     from harness.cli import main
 
     return main(args)

@@ -27,6 +27,8 @@ import signal
 from collections.abc import Callable
 from types import FrameType, TracebackType
 
+from harness.errors import Interrupted
+
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 Delivery = Callable[[signal.Signals, int], None]
@@ -34,14 +36,6 @@ Delivery = Callable[[signal.Signals, int], None]
 
 def exit_status(sig: signal.Signals) -> int:
     return 128 + int(sig)
-
-
-class Interrupted(Exception):
-    """A signal arrived before the run started; nothing needs tearing down."""
-
-    def __init__(self, sig: signal.Signals) -> None:
-        super().__init__(f"interrupted by {sig.name} before the run started")
-        self.signal = sig
 
 
 class RunSignals:
@@ -74,7 +68,7 @@ class RunSignals:
         sig = signal.Signals(signum)
         self.received.append(sig)
         if self._mode == "raise":
-            raise Interrupted(sig)
+            raise Interrupted(int(sig), sig.name)  # nothing started: nothing to tear down
         loop = self._loop
         if self._mode == "deliver" and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._flush)
