@@ -71,6 +71,7 @@ class Recorder:
         self._lines: list[_Pending] = []
         self._wake = anyio.Event()
         self._closing = False
+        self._close_requested = anyio.Event()
         self._idle = anyio.Event()
         self._next_write = 0.0
         self.error: str | None = None  # the last write's failure, if it failed
@@ -97,7 +98,8 @@ class Recorder:
                 self._wake = anyio.Event()
                 delay = self._next_write - time.monotonic()
                 if delay > 0 and not self._closing:
-                    await anyio.sleep(delay)
+                    with anyio.move_on_after(delay):  # or until `close`, which writes at once
+                        await self._close_requested.wait()
                 if self._closing:
                     break
                 await self._write(self._snapshot())
@@ -113,6 +115,7 @@ class Recorder:
         """Write the final results and print every line still waiting; the error, if any."""
         self._closing = True
         self._wake.set()
+        self._close_requested.set()
         with anyio.CancelScope(shield=True):
             await self._idle.wait()
             await self._write(final)
