@@ -1,7 +1,9 @@
 """The command line. Thin: parses arguments, calls the library, maps errors to exit statuses.
 
-Exit statuses: 0 every blocking test passed; 1 a blocking test failed; 2 bad usage
-or input; 130/143 interrupted by SIGINT/SIGTERM (results are still written).
+Exit statuses (see harness.errors): 0 every blocking test passed; 1 a blocking test
+failed; 2 bad usage or input; 3 infrastructure (results, logs or the terminal could
+not be written); 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (results are still
+written).
 """
 
 from __future__ import annotations
@@ -12,13 +14,46 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness import environments as envmod
-from harness.errors import ConfigError, HarnessError
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_USAGE,
+    ConfigError,
+    HarnessError,
+    Interrupted,
+)
+from harness.outputs import describe, silence, stream_broken
+from harness.textsafe import terminal_safe
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `lo` to `hi`, or exit 2 naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+# Ranges of the numeric options. Upper bounds are far above any real use; they keep a
+# typo (a missing unit, an extra digit) from meaning a million guests or a 1 EiB log.
+JOBS = _int_in(1, 1024)
+RETRIES = _int_in(0, 100)
+LOG_CAP_MIB = _int_in(0, 1 << 20)
+SHARD_INDEX = _int_in(0, 1_000_000 - 1)
+TOTAL_SHARDS = _int_in(1, 1_000_000)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -50,9 +85,9 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                         "module of @guest_test functions; also HARNESS_SUITE_PATH, ':'-separated)")
     p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
                    help="only tests whose name matches (fnmatch; repeatable)")
-    p.add_argument("--shard-index", type=int, metavar="I",
+    p.add_argument("--shard-index", type=SHARD_INDEX, metavar="I",
                    help="run shard I of --total-shards (also TEST_SHARD_INDEX, GTEST_SHARD_INDEX)")
-    p.add_argument("--total-shards", type=int, metavar="N")
+    p.add_argument("--total-shards", type=TOTAL_SHARDS, metavar="N")
     p.add_argument("--durations-from", metavar="SUMMARY",
                    help="balance shards by the durations in an earlier summary.json")
 
@@ -67,12 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run tests and write results")
     _selection_args(run)
-    run.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                     help="guests running at once (default: number of cores)")
-    run.add_argument("--retries", type=int, default=0, help="re-run failed tests N times")
+    run.add_argument("--jobs", type=JOBS, default=min(1024, os.cpu_count() or 1),
+                     help="guests running at once, 1 to 1024 (default: number of cores)")
+    run.add_argument("--retries", type=RETRIES, default=0,
+                     help="re-run failed tests N times, 0 to 100")
     run.add_argument("--out", metavar="DIR", help="results directory (default: "
                      "results/<UTC time>, with results/latest pointing at it)")
-    run.add_argument("--log-cap-mib", type=int, default=256,
+    run.add_argument("--log-cap-mib", type=LOG_CAP_MIB, default=256,
                      help="cap each serial log at this size (default 256 MiB; 0: no cap)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--keep", action="store_true",
@@ -193,14 +229,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as e:
-        print(f"harness: {e}", file=sys.stderr)
+        _error(f"harness: {e}")
         return EXIT_USAGE
     except HarnessError as e:
-        print(f"harness: {e}", file=sys.stderr)
+        _error(f"harness: {e}")
+        return e.exit_status
+    except Interrupted as e:
+        _error(f"harness: {e}")
         return e.exit_status
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
+        _error("harness: interrupted")
         return 130
+    except OSError as e:
+        if stream_broken(e):  # `harness plan | head -1`: the reader went away
+            silence(sys.stdout)
+        else:  # the host refused a write (a full disk, a read-only cache): one line
+            _error(f"harness: infrastructure: {describe(e)}")
+        return EXIT_INFRA
+
+
+def _error(line: str) -> None:
+    """An error line: names from the inputs in it are escaped, a closed stderr is no crash."""
+    try:
+        print(terminal_safe(line), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        silence(sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -17,7 +17,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,8 +35,10 @@ from harness.console import (
 from harness.engines.base import Engine, ExitInfo, ExitKind, RestoreFrom, RunPaths, Vmm
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.folders import safe_name
 from harness.images.model import GuestImage
 from harness.profiles import Crash, Profile, get_profile
+from harness.workdirs import private_workdir
 
 _BOOT_ID = re.compile(rb"boot_id=([0-9a-f-]+)")
 
@@ -75,22 +76,6 @@ class Boot:
     restored: str = ""
 
 
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
-
-
-def private_workdir(prefix: str = "harness-") -> Path:
-    """A fresh 0700 directory for sockets and disks in flight; unique per guest and run.
-
-    Control sockets live in it, and a Unix socket path must fit in 108 bytes: when
-    TMPDIR (or XDG_RUNTIME_DIR) is too deep for that, /tmp is used instead.
-    """
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    # mkdtemp adds 8 characters; the longest name placed inside is "control.sock".
-    if len(os.path.join(base, prefix)) + 8 + len("/control.sock") > SOCKET_PATH_MAX:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-
-
 class Guest:
     def __init__(
         self,
@@ -110,18 +95,19 @@ class Guest:
         self.engine = engine
         self.image = image
         self.profile: Profile = get_profile(env.profile)
-        self.workdir = workdir or private_workdir(f"harness-{env.name[:24]}-")
+        self.workdir = workdir or private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
         self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks), disk_format=disk_format,
                               restore=restore)
         try:
             # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
             self.command_line: list[str] = engine.command(env, image, self.paths)
+            # An unwritable results folder (OutputError) leaves nothing behind either.
+            self.log = SerialLog(serial_log, cap=log_cap)
         except BaseException:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             raise
-        self.log = SerialLog(serial_log, cap=log_cap)
         self.console = Console(self.log, self.profile)
         self.vmm: Vmm | None = None
         self.boots: list[Boot] = []

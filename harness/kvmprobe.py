@@ -85,7 +85,11 @@ async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
                         verdict.append((True, "probe boot under KVM reached the shell in "
                                               f"{boot.ready_s:.1f} s"))
                     except HarnessError as e:
-                        last = stderr_last_line(guest.paths.stderr_log)
+                        # A VMM that said why and exited (crosvm's "vcpu hit unknown error",
+                        # status 33) may do so between two polls of the watch: its words
+                        # explain the failure better than the exit does.
+                        said = StderrWatch(guest.paths.stderr_log).poll()
+                        last = said or stderr_last_line(guest.paths.stderr_log)
                         detail = f" ({last})" if last else ""
                         verdict.append((False, f"probe boot under KVM failed: {e}{detail}"))
                     tg.cancel_scope.cancel()

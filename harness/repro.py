@@ -27,6 +27,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.report.summary import load_summary
 from harness.results import TestResult
+from harness.textsafe import name_safe, terminal_safe
 
 SUMMARY = "summary.json"
 REPRO_SCRIPT = "repro.sh"
@@ -61,8 +62,15 @@ def harness_command(argv0: str | None = None, executable: str | None = None) -> 
 
 
 def exact_glob(name: str) -> str:
-    """A `-k` pattern that matches `name` only, even when it holds `*`, `?` or `[`."""
-    return glob.escape(name)
+    """A `-k` pattern that matches `name` only, even when it holds `*`, `?` or `[`.
+
+    Two more things make it safe on a command line a person reads and pastes: a
+    control character (an escape sequence, a newline) becomes `?`, which matches it
+    and is inert on a terminal; and a leading `-` becomes `[-]`, which matches a
+    dash but is not taken by argparse for an option (a test named `--help` or `-k`).
+    """
+    pattern = "".join("?" if name_safe(c) != c else c for c in glob.escape(name))
+    return "[-]" + pattern[1:] if pattern.startswith("-") else pattern
 
 
 def write_repro_script(out_dir: Path, result: TestResult) -> str | None:
@@ -207,13 +215,14 @@ def repro_command(results_dir: Path, test: str, env: str | None = None, *,
         args += ["--out", out]
     command = shlex.join([*harness_command(), *args])
     if print_only:
-        print(command)
+        print(command)  # exact, for a pipe or a script (the terminal lines below are escaped)
         return 0
     result = repro.result
     if result.status.ok:
-        print(f"harness repro: note: {result.key} was {result.status.value} in that run",
-              file=sys.stderr)
-    print(f"harness repro: {result.key}: {command}", file=sys.stderr, flush=True)
+        print(f"harness repro: note: {name_safe(result.key)} was {result.status.value} in that "
+              "run", file=sys.stderr)
+    print(f"harness repro: {name_safe(result.key)}: {terminal_safe(command)}", file=sys.stderr,
+          flush=True)
     from harness.cli import main
 
     return main(args)

@@ -44,7 +44,7 @@ import anyio
 from harness.engines.base import Engine, RunPaths
 from harness.environments import Environment
 from harness.errors import HarnessError
-from harness.guest import Boot, Guest, RestoreFailed, private_workdir
+from harness.guest import Boot, Guest, RestoreFailed
 from harness.images.model import GuestImage
 from harness.overlays import create_overlays
 from harness.plan import PlannedRun
@@ -59,6 +59,7 @@ from harness.snapshot_store import (
     safe_name,
 )
 from harness.suite import SuiteTest
+from harness.workdirs import private_workdir
 
 # Bumped when the host pattern make_disks writes changes: the base disks are part of a key.
 DISK_RECIPE = "raw, host pattern at 1 MiB (v1)"

@@ -41,6 +41,7 @@ import anyio
 
 from harness.errors import ConfigError
 from harness.images import cache_dir
+from harness.workdirs import owner_alive, write_owner
 
 SNAPSHOT_FORMAT = 1  # bump when the layout or what a key means changes
 DIR_ENV = "HARNESS_SNAPSHOT_DIR"
@@ -53,7 +54,8 @@ LAST_USED = "last-used"
 LOCKS = ".locks"
 BUILD_PREFIX = ".build-"
 TRASH_PREFIX = ".trash-"
-STALE_BUILD_S = 3600.0  # a build directory this old belongs to a run that was killed
+BUILD_OWNER = ".owner"  # who is building in a .build-* directory (harness.workdirs)
+STALE_BUILD_S = 3600.0  # a build directory this old, whose owner is unknown, was abandoned
 # flock(2) cannot be awaited: a run waiting for another run's build polls at this interval
 # (only while that build lasts: a few seconds of boot and save).
 LOCK_POLL_S = 0.05
@@ -275,7 +277,9 @@ class SnapshotStore:
     def new_build_dir(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
-        return Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=self.root))
+        build = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=self.root))
+        write_owner(build / BUILD_OWNER)
+        return build
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -353,6 +357,7 @@ class SnapshotStore:
         is renamed into place.
         """
         final = self.path_for(key)
+        (build / BUILD_OWNER).unlink(missing_ok=True)
         (build / LAST_USED).touch()
         manifest = {**manifest, "key": key.fields(), "name": key.name, "created": time.time(),
                     "files": {}}
@@ -400,11 +405,15 @@ class SnapshotStore:
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_leftovers(self) -> None:
-        """Build directories of killed runs, and trash a killed removal left."""
+        """Build directories of killed runs (their owner is gone), and trash a killed removal
+        left."""
         cutoff = time.time() - STALE_BUILD_S
         for leftover in [*self.root.glob(f"{BUILD_PREFIX}*"), *self.root.glob(f"{TRASH_PREFIX}*")]:
             with contextlib.suppress(OSError):
-                if leftover.name.startswith(TRASH_PREFIX) or leftover.lstat().st_mtime < cutoff:
+                owner = leftover / BUILD_OWNER
+                dead = (not owner_alive(owner) if owner.is_file()
+                        else leftover.lstat().st_mtime < cutoff)
+                if leftover.name.startswith(TRASH_PREFIX) or dead:
                     shutil.rmtree(leftover, ignore_errors=True)
 
     def evict(self, keep: frozenset[str] = frozenset()) -> list[str]:

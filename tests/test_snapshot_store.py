@@ -124,9 +124,17 @@ def test_a_build_is_invisible_until_published_and_leftovers_go(tmp_path: Path) -
     assert build.name.startswith(".build-")
     assert store.lookup(key()).problem == "missing"
     assert store.rows() == []
+    # A build in progress (its owner, this process, alive) is left alone, however old.
     old = time.time() - 7200
     os.utime(build, (old, old))
-    store.new_build_dir()  # the next build clears what an old killed one left
+    store.new_build_dir()
+    assert build.exists()
+    # Its owner gone (the run was killed): the next build clears it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    (build / ".owner").write_text(f"{dead.pid} 1 {boot_id}\n")
+    store.new_build_dir()
     assert not build.exists()
 
 

@@ -22,6 +22,7 @@ from harness.images.build import (
     read_cpio,
     recipe_key,
     resolve_modules,
+    sweep_cache,
     write_cpio,
 )
 from harness.images.model import GuestImage
@@ -49,5 +50,6 @@ __all__ = [
     "read_cpio",
     "recipe_key",
     "resolve_modules",
+    "sweep_cache",
     "write_cpio",
 ]

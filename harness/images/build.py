@@ -19,6 +19,7 @@ import json
 import lzma
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -28,8 +29,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from harness import stoptoken
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
+from harness.workdirs import owner_alive, write_owner
 
 # Bump whenever the build changes the bytes it produces for the same inputs (archive
 # layout, cpio details, files added to the initramfs), so old cache entries stop matching.
@@ -46,6 +49,8 @@ _ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "arm64": "arm64", "aarch
 _DEPMOD = "/usr/sbin/depmod"
 _APT_TIMEOUT_S = 900.0
 _STALE_WORKDIR_S = 24 * 3600.0
+_POLL_S = 0.1  # how often a running build step looks at the run's StopToken
+_WORK_PREFIXES = (".build-", ".work-", ".apt-")
 _RETRY_HINT = "Retry with `harness images build` once the cause is fixed."
 
 
@@ -465,12 +470,56 @@ class DebPackage:
 
 
 def _run(argv: Sequence[str], *, cwd: Path | None = None, timeout: float = 120.0) -> str:
-    proc = subprocess.run(
-        argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    """Run one build step (apt-get, dpkg-deb, depmod): its stdout, or CalledProcessError.
+
+    The child gets a session of its own, so a Ctrl-C at the terminal reaches the
+    harness alone: killed by that SIGINT, dpkg-deb would fail mid-archive and the
+    build would blame a good .deb. The harness stops the child itself instead, when
+    the run's StopToken asks (harness.stoptoken, polled every _POLL_S) or when the
+    step is abandoned by an exception (a KeyboardInterrupt in `harness images build`):
+    SIGTERM to its process group, SIGKILL after the token's grace period.
+    """
+    stoptoken.check()
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                stdout, stderr = proc.communicate(timeout=_POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                stoptoken.check()
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout) from None
+    except BaseException:
+        _stop_child(proc)
+        raise
+    if proc.returncode < 0:
+        # Killed from outside (the OOM killer, a person): nothing says its input was bad.
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() \
+            else f"signal {-proc.returncode}"
+        raise ImageError(f"`{' '.join(argv[:2])}` was killed by {name}. {_RETRY_HINT}")
     if proc.returncode != 0:
-        raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
-    return proc.stdout
+        raise subprocess.CalledProcessError(proc.returncode, argv, stdout, stderr)
+    return stdout
+
+
+def _stop_child(proc: subprocess.Popen[str]) -> None:
+    """End a build step's process group: SIGTERM, the grace period, SIGKILL; reap it."""
+    token = stoptoken.current()
+    grace = token.grace_s if token is not None else 2.0
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # The leader is gone; anything it left in its group goes too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _apt_fix(deb_arch: str) -> str:
@@ -575,7 +624,7 @@ def _download(pkg: DebPackage, downloads: Path) -> Path:
     if dest.is_file() and dest.stat().st_size == pkg.size:
         return dest
     downloads.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as tmp:
+    with _work_dir(downloads, ".apt-") as tmp:
         try:
             _run(["apt-get", "download", "-q", pkg.spec], cwd=Path(tmp), timeout=_APT_TIMEOUT_S)
         except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
@@ -646,13 +695,49 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _remove_stale_workdirs(parent: Path) -> None:
-    # Leftovers of builds that were killed; live builds are younger than this.
-    cutoff = time.time() - _STALE_WORKDIR_S
-    for leftover in [*parent.glob(".build-*"), *parent.glob(".work-*")]:
+@contextlib.contextmanager
+def _work_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary directory in the cache, with an owner record beside it (`NAME.owner`,
+    outside it so that it never ends up in a published image), removed on the way out."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    owner = path.with_name(path.name + ".owner")
+    try:
+        write_owner(owner)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):
-            if leftover.lstat().st_mtime < cutoff:
+            owner.unlink()
+
+
+def _remove_stale_workdirs(parent: Path) -> None:
+    """Remove what killed builds left: work directories whose owner process is gone
+    (harness.workdirs), and any older than a day (from before owners were recorded)."""
+    cutoff = time.time() - _STALE_WORKDIR_S
+    try:
+        leftovers = [p for p in parent.iterdir() if p.name.startswith(_WORK_PREFIXES)]
+    except OSError:
+        return
+    for leftover in leftovers:
+        with contextlib.suppress(OSError):
+            if leftover.name.endswith(".owner"):
+                if not leftover.with_name(leftover.name[: -len(".owner")]).exists():
+                    leftover.unlink()
+                continue
+            owner = leftover.with_name(leftover.name + ".owner")
+            stale = (not owner_alive(owner)) if owner.is_file() else \
+                leftover.lstat().st_mtime < cutoff
+            if stale:
                 shutil.rmtree(leftover, ignore_errors=True)
+                owner.unlink(missing_ok=True)
+
+
+def sweep_cache(cache: Path | None = None) -> None:
+    """Remove what killed builds left in the cache (called when a run starts)."""
+    root = cache or cache_dir()
+    for parent in (root, root / "images", root / "downloads"):
+        if parent.is_dir():
+            _remove_stale_workdirs(parent)
 
 
 def _check_kernel(path: Path, arch: str) -> None:
@@ -890,13 +975,13 @@ def _install_kernel_elf(bzimage: Path, out: Path) -> dict[str, object]:
 
 
 def _extract(deb: Path, dest: Path) -> None:
+    """Unpack a .deb whose sha256 was just checked against apt's index (_build_into), so
+    a failure here is the host's (space, permissions), never a reason to delete it."""
     try:
         _run(["dpkg-deb", "-x", str(deb), str(dest)], timeout=600.0)
     except (OSError, subprocess.CalledProcessError) as err:
-        raise ImageError(
-            f"dpkg-deb -x {deb.name} failed: {getattr(err, 'stderr', '') or err}. "
-            f"Delete {deb} and run `harness images build` to fetch it again."
-        ) from None
+        detail = (getattr(err, "stderr", "") or str(err)).strip()
+        raise ImageError(f"dpkg-deb -x {deb.name} failed: {detail}. {_RETRY_HINT}") from None
 
 
 def _depmod(root: Path, version: str) -> None:
@@ -1014,6 +1099,7 @@ def _build_into(
     if not busybox.is_file():
         raise ImageError(f"{busybox_deb.name} has no bin/busybox")
 
+    stoptoken.check()
     source_format = _install_kernel(vmlinuz, arch, out)
     kernel_elf = _install_kernel_elf(out / "kernel", out) if arch == "x86_64" else None
     staging = work / "initramfs"
@@ -1029,6 +1115,7 @@ def _build_into(
         selection=selection,
         identity=identity,
     )
+    stoptoken.check()
     entries = [*tree_entries(staging), CpioEntry("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1)]
     mtime = _source_date_epoch()
     write_initramfs(entries, out / "initrd.cpio.gz", mtime=mtime)
@@ -1145,14 +1232,12 @@ def build_image(
             downloads = root / "downloads"
             kernel_deb = _download(kernel_pkg, downloads)
             busybox_deb = _download(busybox_pkg, downloads)
-            _remove_stale_workdirs(images)
-            _remove_stale_workdirs(root)
-            tmp = Path(tempfile.mkdtemp(dir=images, prefix=".build-"))
-            try:
-                with tempfile.TemporaryDirectory(dir=root, prefix=".work-") as work:
+            sweep_cache(root)
+            with _work_dir(images, ".build-") as tmp:
+                with _work_dir(root, ".work-") as work:
                     manifest = _build_into(
                         tmp,
-                        Path(work),
+                        work,
                         name=name,
                         arch=arch,
                         digest=digest,
@@ -1161,11 +1246,10 @@ def build_image(
                         busybox_deb=busybox_deb,
                         busybox_pkg=busybox_pkg,
                     )
+                stoptoken.check()  # a stop during the last step: publish nothing
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
                 tmp.chmod(0o755)
                 _publish(tmp, final, force=force)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         index = {"recipe": recipe, "dir": final.name, "digest": digest}
         _write_atomic(_current_file(images, name, arch), json.dumps(index).encode())
     return _image_from_dir(final)
