@@ -55,7 +55,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.report.summary import load_summary, rfc3339
 from harness.results import RunResult, Status, TestResult
-from harness.textsafe import terminal_safe
+from harness.textsafe import name_safe, terminal_safe
 
 SUMMARY = "summary.json"
 DEFAULT_LAST = 5
@@ -489,24 +489,24 @@ def report_text(report: StabilityReport) -> str:
     for env in report.environments:
         kind = "blocking" if env.blocking else "FYI"
         lines.append("")
-        name = terminal_safe(env.environment) or "(no environment)"
+        name = name_safe(env.environment) or "(no environment)"
         lines.append(f"{name} ({kind}): seen in {env.runs_seen} "
                      f"run{'s' * (env.runs_seen != 1)}, boot s {_trend_text(env.boot)}"
                      + (f", VMM CPU s {_trend_text(env.vmm_cpu)}" if env.vmm_cpu else ""))
         if env.ready is not None:
             verdict = "READY to be made blocking" if env.ready else "not ready"
             lines.append(f"  {verdict}: {terminal_safe(env.reason)}")
-        width = max([len("test"), *(len(terminal_safe(t.test)) for t in env.tests)])
+        width = max([len("test"), *(len(name_safe(t.test)) for t in env.tests)])
         lines.append(f"  {'test':<{width}}  {'pass rate':<12} {'flaky':>5} {'skip':>4} "
                      f"{'runs':>4}  {'last':<10} boot s")
         for t in env.tests:
-            lines.append(f"  {terminal_safe(t.test):<{width}}  {_rate_text(t):<12} {t.flaky:>5} "
+            lines.append(f"  {name_safe(t.test):<{width}}  {_rate_text(t):<12} {t.flaky:>5} "
                          f"{t.skipped:>4} {t.runs_seen:>4}  {t.last_status:<10} "
                          f"{_trend_text(t.boot)}")
     lines.append("")
     ready = report.ready
     lines.append("ready to be made blocking: " +
-                 (", ".join(terminal_safe(e) or "(no environment)" for e in ready)
+                 (", ".join(name_safe(e) or "(no environment)" for e in ready)
                   if ready else "none"))
     return "\n".join(lines) + "\n"
 

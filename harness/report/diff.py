@@ -36,7 +36,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.results import RunResult, Status, TestResult
 from harness.stability import boot_samples
-from harness.textsafe import terminal_safe
+from harness.textsafe import name_safe, terminal_safe
 
 DEVICES_PROPERTY = "devices_seen"
 COUNT_PREFIX = "count."
@@ -424,7 +424,7 @@ def diff_text(diffs: Sequence[EnvDiff]) -> str:
         return "no environments to compare\n"
     lines: list[str] = []
     for d in diffs:
-        ln, rn = terminal_safe(d.left.environment), terminal_safe(d.right.environment)
+        ln, rn = name_safe(d.left.environment), name_safe(d.right.environment)
         where = (f" (runs {terminal_safe(d.left.label)} and {terminal_safe(d.right.label)})"
                  if d.left.label != d.right.label else f" (run {terminal_safe(d.left.label)})")
         lines.append(f"{ln} ({d.left.engine}) vs {rn} ({d.right.engine}), {d.left.arch}, "
@@ -432,14 +432,14 @@ def diff_text(diffs: Sequence[EnvDiff]) -> str:
         n = len(d.tests)
         lines.append(f"  {d.compared} tests ran on both; "
                      f"{n} verdict{'s differ' if n != 1 else ' differs'}")
-        width = max([len("test"), *(len(terminal_safe(t.test)) for t in d.tests + d.one_sided)])
+        width = max([len("test"), *(len(name_safe(t.test)) for t in d.tests + d.one_sided)])
         for t in d.tests:
             why = _one_line(t.left_message or t.right_message)
-            lines.append(f"  DIFFERS  {terminal_safe(t.test):<{width}}  {t.left:<10} "
+            lines.append(f"  DIFFERS  {name_safe(t.test):<{width}}  {t.left:<10} "
                          f"{t.right:<10} {why}")
         for c in d.cases:
             why = _one_line(c.left_message or c.right_message)
-            lines.append(f"  DIFFERS  {terminal_safe(c.test)} case {terminal_safe(c.case)}: "
+            lines.append(f"  DIFFERS  {name_safe(c.test)} case {name_safe(c.case)}: "
                          f"{c.left} vs {c.right} {why}")
         if d.cases_one_sided:
             lines.append(f"  {d.cases_one_sided} case{'s' * (d.cases_one_sided != 1)} "
@@ -447,16 +447,16 @@ def diff_text(diffs: Sequence[EnvDiff]) -> str:
         for t in d.one_sided:
             status = f"{t.left or 'absent'} vs {t.right or 'absent'}"
             why = _one_line(one_sided_reason(t, ln, rn))
-            lines.append(f"  one side {terminal_safe(t.test):<{width}}  {status}: {why}")
+            lines.append(f"  one side {name_safe(t.test):<{width}}  {status}: {why}")
         if d.devices_compared:
             if not d.devices:
                 lines.append("  devices: both enumerate the same")
             for dev in d.devices:
                 if dev.only:
                     who = ln if dev.only == "left" else rn
-                    lines.append(f"  device {terminal_safe(dev.kind)}: only {who} presents it")
+                    lines.append(f"  device {name_safe(dev.kind)}: only {who} presents it")
                 else:
-                    lines.append(f"  device {terminal_safe(dev.kind)}: {dev.left} on {ln}, "
+                    lines.append(f"  device {name_safe(dev.kind)}: {dev.left} on {ln}, "
                                  f"{dev.right} on {rn}")
         else:
             lines.append("  devices: not compared (device enumeration did not run on both)")
@@ -471,6 +471,6 @@ def diff_text(diffs: Sequence[EnvDiff]) -> str:
         lines.append("")
     differing = [d for d in diffs if d.differs]
     lines.append("verdict: " + (
-        "DIFFERS on " + ", ".join(terminal_safe(d.title) for d in differing) if differing
+        "DIFFERS on " + ", ".join(name_safe(d.title) for d in differing) if differing
         else "the same on every pair compared"))
     return "\n".join(lines) + "\n"

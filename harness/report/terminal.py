@@ -27,7 +27,7 @@ from typing import TextIO
 from harness.report.diff import EnvDiff
 from harness.report.junit import source_file
 from harness.results import RunResult, Status, TestResult
-from harness.textsafe import terminal_safe
+from harness.textsafe import name_safe, terminal_safe
 
 MESSAGE_LIMIT = 200
 ANNOTATION_LIMIT = 50  # GitHub shows only so many per step; the summary lists the rest
@@ -62,6 +62,13 @@ def _message(result: TestResult) -> str:
     return result.final.message if result.attempts else "no attempt ran"
 
 
+# The closing report repeats at most this many failures; the rest are counted (a run with
+# thousands of failures has them all in its files, not in a terminal's scrollback).
+FAILURES_SHOWN = 50
+# How the runner words the ABORT of a test that never started (runner.Runner.run).
+NOT_RUN = "not run"
+
+
 @dataclasses.dataclass
 class TerminalReport:
     """Progress lines and the closing report of one run, coloured or not."""
@@ -83,7 +90,7 @@ class TerminalReport:
         status = shown_status(result)
         width = len(str(total))
         line = (f"[{done:>{width}}/{total}] {self.paint(f'{status:<10}', status)} "
-                f"{terminal_safe(result.environment):<16} {terminal_safe(result.test)} "
+                f"{name_safe(result.environment):<16} {name_safe(result.test)} "
                 f"({result.duration_s:.1f} s)")
         if result.status != Status.PASS and result.attempts and result.final.message:
             line += f": {one_line(result.final.message)}"
@@ -99,7 +106,7 @@ class TerminalReport:
             lines.append(self.paint(f"skipped {n}, by reason:", "bold"))
             for reason, results in groups:
                 envs = sorted({r.environment for r in results})
-                where = ", ".join(terminal_safe(e) for e in envs[:4]) + (
+                where = ", ".join(name_safe(e) for e in envs[:4]) + (
                     f" and {len(envs) - 4} more" if len(envs) > 4 else "")
                 lines.append(f"  {len(results):>4}  {one_line(reason)} ({where})")
         flaky = [r for r in run.results if r.flaky]
@@ -108,21 +115,35 @@ class TerminalReport:
                                     "bold"))
             for r in flaky:
                 first = next((a for a in r.attempts if not a.status.ok), r.final)
-                lines.append(f"  {self.paint('FLAKY', 'FLAKY')} {terminal_safe(r.environment)} "
-                             f"{terminal_safe(r.test)}: {one_line(first.message)}")
+                lines.append(f"  {self.paint('FLAKY', 'FLAKY')} {name_safe(r.environment)} "
+                             f"{name_safe(r.test)}: {one_line(first.message)}")
         failed = [r for r in run.results if not r.status.ok]
+        # Tests an interrupt kept from starting say one thing between them: one line per
+        # reason, as skips get, not thousands of identical ones.
+        not_run: dict[str, list[TestResult]] = {}
+        for r in failed:
+            if r.status == Status.ABORT and _message(r).startswith(NOT_RUN):
+                not_run.setdefault(_message(r), []).append(r)
+        failed = [r for r in failed
+                  if not (r.status == Status.ABORT and _message(r).startswith(NOT_RUN))]
+        for reason, results in not_run.items():
+            lines.append(self.paint(f"not run {len(results)}: {one_line(reason)}", "bold"))
         if failed:
             lines.append(self.paint(f"failed {len(failed)}:", "bold"))
-            for r in failed:
+            for r in failed[:FAILURES_SHOWN]:
                 kind = "" if r.blocking else " (FYI)"
                 lines.append(f"  {self.paint(r.status.value, r.status.value)} "
-                             f"{terminal_safe(r.environment)} {terminal_safe(r.test)}{kind}: "
+                             f"{name_safe(r.environment)} {name_safe(r.test)}{kind}: "
                              f"{one_line(_message(r))}")
                 if r.repro:
                     lines.append(f"      repro: {terminal_safe(r.repro)}")
+            if len(failed) > FAILURES_SHOWN:
+                lines.append(f"  and {len(failed) - FAILURES_SHOWN} more failures: every one "
+                             "is in junit.xml, summary.json and report.html, with its repro "
+                             "line in its folder's repro.sh")
         for d in diffs:
             if d.differs:
-                lines.append(f"differential {terminal_safe(d.title)}: verdicts differ on "
+                lines.append(f"differential {name_safe(d.title)}: verdicts differ on "
                              f"{len(d.tests)} tests and {len(d.cases)} cases "
                              f"(harness diff {terminal_safe(d.left.label)})")
         totals = run.totals()
