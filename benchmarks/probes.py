@@ -90,14 +90,17 @@ class MinimalLoop:
 
 async def console_probe(args: argparse.Namespace) -> dict[str, Any]:
     from harness import environments as envmod
-    from harness.app import image_for
+    from harness.accel import Accel
     from harness.engines.qemu import QemuEngine
     from harness.guest import Guest
+    from harness.images.environment import image_for
 
     env = envmod.load(args.environments).get(args.env)
     image = image_for(env, build=False)
     out_dir = Path(args.workdir)
-    guest = Guest(env, QemuEngine(), image, out_dir / "serial.log")
+    engine = QemuEngine()
+    guest = Guest(env, engine, image, out_dir / "serial.log",
+                  setup=await Accel().resolve(engine, env))
     result: dict[str, Any] = {}
     try:
         cpu0, t0 = _cpu_s(), time.monotonic()
@@ -160,13 +163,15 @@ async def guest_serial_probe(args: argparse.Namespace) -> dict[str, Any]:
     how fast, and at what CPU cost, the reading side keeps up.
     """
     from harness import environments as envmod
-    from harness.app import image_for
+    from harness.accel import Accel
     from harness.engines.qemu import QemuEngine
     from harness.guest import Guest
+    from harness.images.environment import image_for
 
     env = envmod.load(args.environments).get(args.env)
-    guest = Guest(env, QemuEngine(), image_for(env, build=False),
-                  Path(args.workdir) / "serial.log")
+    engine = QemuEngine()
+    guest = Guest(env, engine, image_for(env, build=False), Path(args.workdir) / "serial.log",
+                  setup=await Accel().resolve(engine, env))
     command = _yes_command(int(args.mb * 1_000_000))
     result: dict[str, Any] = {"bytes_requested": int(args.mb * 1_000_000)}
     try:

@@ -1,18 +1,54 @@
-"""Errors the command line turns into a clear message and an exit status."""
+"""Errors the command line turns into a clear message, and the exit statuses it returns.
+
+`EXIT_STATUSES` is the one table of what an exit status means: `harness --help`
+prints it, the README shows it, and tests/test_exit_status.py holds the two to it
+and causes each status for real. The values follow pytest's where they mean the
+same thing (5: nothing was collected), and a shell's for a signal (128 + its number).
+"""
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_TESTS = 5
+EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}
+
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "every blocking test passed (a flaky one counts as passed; an FYI "
+              "environment's failures do not count)"),
+    (EXIT_FAILED, "a blocking test did not pass: FAIL, ABORT, or INFRA_FAIL (a blocking "
+                  "environment that cannot run here is one); `harness diff`: a verdict "
+                  "differs; `harness run-boot-test`: the boot test did not pass"),
+    (EXIT_USAGE, "bad usage or input (the message names the file, entry and field)"),
+    (EXIT_NO_TESTS, "the selection runs nothing: no test matched (a `-k` typo, a device "
+                    "type no environment has, an empty tests.json), as pytest's \"no tests "
+                    "collected\"; `--allow-empty` makes it 0, for CI matrices that may be "
+                    "empty (tests that matched and were skipped are a run: 0)"),
+    (EXIT_INTERRUPTED["SIGINT"], "interrupted by SIGINT (Ctrl-C): every guest torn down, the "
+                                 "results written with the rest as ABORT"),
+    (EXIT_INTERRUPTED["SIGTERM"], "interrupted by SIGTERM: the same"),
+)
+
+
+def exit_status_table() -> str:
+    """EXIT_STATUSES as `harness --help` prints it."""
+    lines = ["exit status:"]
+    for status, meaning in EXIT_STATUSES:
+        lines.append(f"  {status:<4} {meaning}")
+    return "\n".join(lines)
 
 
 class HarnessError(Exception):
     """An error a person can act on; the CLI prints it without a traceback."""
 
-    exit_status = 1
+    exit_status = EXIT_FAILED
 
 
 class ConfigError(HarnessError):
     """Bad input (tests.json, environments.json, arguments): exit 2, naming file, entry, field."""
 
-    exit_status = 2
+    exit_status = EXIT_USAGE
 
     def __init__(self, file: str, entry: str | None, field: str | None, problem: str) -> None:
         self.file = file

@@ -29,9 +29,10 @@ from harness.console import (
     SerialLog,
     open_console_pty,
 )
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import Engine, RunPaths, Vmm, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
 from harness.images.model import GuestImage
 from harness.profiles import Crash, Profile, get_profile
 
@@ -87,6 +88,7 @@ class Guest:
         image: GuestImage,
         serial_log: Path,
         *,
+        setup: VmmSetup,
         workdir: Path | None = None,
         disks: Sequence[Path] = (),
         log_cap: int | None = None,
@@ -95,13 +97,15 @@ class Guest:
         self.env = env
         self.engine = engine
         self.image = image
+        self.setup = setup
         self.profile: Profile = get_profile(env.profile)
         self.workdir = workdir or private_workdir(f"harness-{env.name[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
         self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
         try:
             # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
-            self.command_line: list[str] = engine.command(env, image, self.paths)
+            engine.check_image(env, image)
+            self.command_line: list[str] = engine.command(env, image, self.paths, setup)
         except BaseException:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -117,7 +121,8 @@ class Guest:
     async def _launch(self) -> None:
         master, slave = open_console_pty()
         try:
-            self.vmm = await self.engine.launch(self.env, self.image, self.paths, slave)
+            self.vmm = await self.engine.launch(self.env, self.image, self.paths, self.setup,
+                                               slave)
         except BaseException:
             os.close(master)
             raise
@@ -159,12 +164,12 @@ class Guest:
                 raise BootTimeout(f"no boot marker within {timeout:g} s", e.tail) from None
             except ConsoleEOF:
                 info = await self._reap()
-                # crosvm exits on a reset (32) and, where pvpanic is present, on a panic (34)
-                # instead of letting the guest's panic=N reset it as QEMU does; under the
-                # environment's "reset" panic policy both must come back the same way.
+                # An engine that exits on a reset (crosvm: 32) and, where pvpanic is present,
+                # on a panic (crosvm: 34) instead of letting the guest's panic=N reset it as
+                # QEMU does: under the "reset" panic policy both must come back the same way.
                 resets = info.kind == ExitKind.RESET or (
                     info.kind == ExitKind.PANIC and self.env.panic_policy == "reset")
-                if resets and self.engine.name == "crosvm":
+                if resets and self.engine.relaunches_on_reset:
                     await self.relaunch(info)
                     continue
                 raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
@@ -201,8 +206,7 @@ class Guest:
             await vmm.wait()
         await vmm.kill()  # kills if still running; always closes the control channel
         rc = vmm.returncode if vmm.returncode is not None else -9
-        exit_info = getattr(vmm, "exit_info", None)
-        info = await exit_info(rc) if exit_info else self.engine.classify_exit(rc)
+        info = await vmm.exit_info(rc) or self.engine.classify_exit(rc)
         self.exits.append(info)
         self.console.detach()
         return info

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import shlex
 
+from harness.parsers import FORMATS, detect
 from harness.results import Status
 from harness.suite import TestContext
 
 
 async def run_program(t: TestContext) -> None:
-    from harness.parsers import FORMATS, detect
-
+    """A tests.json entry with a `path`: run it in the guest and parse its output."""
     spec = t.spec
     # The runner's deadline (the same timeout_secs) governs; this one only backs it up.
     timeout = float(spec.timeout_secs or 600) + 10

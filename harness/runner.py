@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import inspect
 import os
 import secrets
@@ -26,24 +27,25 @@ from typing import Any
 
 import anyio
 
+from harness.accel import Accel
 from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
-from harness.engines.base import Engine
+from harness.disks import make_disks
+from harness.engines.base import Engine, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import describe
 from harness.fuchsia.tefmocheck import synthetic_results
-from harness.guest import BootTimeout, Guest, GuestExited
+from harness.guest import BootTimeout, Guest, GuestExited, private_workdir
 from harness.images.model import GuestImage
-from harness.kvmprobe import probe_environment
 from harness.plan import PlannedRun, run_environment
+from harness.profiles import get_profile
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
+from harness.programs import run_program
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
 from harness.suite import Skip, SuiteTest, TestContext
 from harness.textsafe import terminal_safe
-
-DISK_PATTERN_OFFSET = 1 << 20  # where the host writes its pattern before boot
 
 
 @dataclasses.dataclass
@@ -76,6 +78,7 @@ class _EnvState:
         self.lock = anyio.Lock()
         self.checked = False
         self.unavailable: str | None = None
+        self.setup: VmmSetup | None = None
         self.image: GuestImage | None = None
         self.image_error: str | None = None
 
@@ -90,12 +93,14 @@ class Runner:
         *,
         image_for: Callable[[Environment], GuestImage],
         on_result: Callable[[RunResult], None] | None = None,
+        accel: Accel | None = None,
     ) -> None:
         self.runs = list(runs)
         self.tests = tests
         self.engines = engines
         self.opt = options
         self.image_for = image_for
+        self.accel = accel or Accel()
         self.on_result = on_result
         self.results: dict[str, TestResult] = {}
         # The crash scan's synthetic tests (tefmocheck), by the key of the test whose logs
@@ -183,8 +188,8 @@ class Runner:
                     state.unavailable = f"no engine named {env.engine}"
                 else:
                     try:
-                        state.unavailable = await engine.unavailable(probe_environment(env))
-                    except HarnessError as e:
+                        state.setup = await self.accel.resolve(engine, env)
+                    except HarnessError as e:  # EnvironmentUnavailable, and a probe's error
                         state.unavailable = str(e)
                 # A product bundle is each run's own (PlannedRun.bundle), not the environment's.
                 if state.unavailable is None and not env.image.product_bundle:
@@ -230,8 +235,9 @@ class Runner:
                           f"{self.opt.retries + 1})")
         # Fuchsia's crash scan over the finished test's logs (which can be large: off the
         # event loop): what it finds becomes synthetic tests next to this one.
-        found = await anyio.to_thread.run_sync(
-            synthetic_results, result, self.opt.out_dir, run.environment.profile)
+        scan = functools.partial(synthetic_results, result, self.opt.out_dir,
+                                 scan_serial=get_profile(run.environment.profile).crash_scan_serial)
+        found = await anyio.to_thread.run_sync(scan)
         self._finished(result, found)
         return shared
 
@@ -286,15 +292,16 @@ class Runner:
         else:
             image = state.image
         engine = self.engines[env.engine]
-        result.accel = engine.accel(env)
+        setup = state.setup
+        assert setup is not None  # resolved, or the environment is unavailable
+        result.accel = setup.accel
         result.kernel = image.kernel_version
-        vmm_version = getattr(engine, "vmm_version", None)  # engines that can tell (crosvm)
-        result.vmm_version = vmm_version(env) if vmm_version is not None else ""
+        result.vmm_version = setup.version
         test = self.tests.get(run.spec.name)
         guest = shared if (shared is not None and shared.running) else None
         keep: Guest | None = None
         timeout = float(run.spec.timeout_secs or (test.timeout_s if test else 300.0))
-        func = test.func if test else _program_test
+        func = test.func if test else run_program
         if test is None and serialtester.handles(run.spec, env):  # issue 11: Fuchsia's tester
             func, timeout = self.serial_tester.test, serialtester.outer_timeout(run.spec)
         if run.spec.is_boot_test:
@@ -302,7 +309,8 @@ class Runner:
             timeout = boottest.timeout_s(run.spec.timeout_secs, accel)
         try:
             if run.spec.is_boot_test:
-                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                guest = self._new_guest(self._boot_environment(run), engine, image, setup,
+                                        folder)
                 self._write_command(folder, guest)
                 await self._boot_test(run, guest, attempt, timeout)
                 await self._wrap_up(attempt, guest, None, folder, t0)
@@ -310,7 +318,8 @@ class Runner:
             if guest is None:
                 if shared is not None:
                     await shared.close()
-                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                guest = self._new_guest(self._boot_environment(run), engine, image, setup,
+                                        folder)
                 self._write_command(folder, guest)
                 # A test's own bootup_timeout_secs replaces the environment's boot deadline.
                 boot_timeout = run.spec.bootup_timeout_secs or env.boot_timeout_s
@@ -381,14 +390,12 @@ class Runner:
         await self._wrap_up(attempt, guest, keep, folder, t0)
         return attempt, keep
 
-    def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, folder: Path
-                   ) -> Guest:
-        from harness.guest import private_workdir
-
+    def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, setup: VmmSetup,
+                   folder: Path) -> Guest:
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         disks = make_disks(env, workdir)
-        guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
-                      log_cap=self.opt.log_cap, own_workdir=True)
+        guest = Guest(env, engine, image, folder / "serial.log", setup=setup, workdir=workdir,
+                      disks=disks, log_cap=self.opt.log_cap, own_workdir=True)
         if env.entropy_mixin:
             guest.log.redact(env.entropy_mixin.encode())
         return guest
@@ -547,40 +554,6 @@ def safe_name(name: str) -> str:
     """A file-name-safe form of a test or environment name (guest text never picks paths)."""
     out = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
     return out[:120] or "_"
-
-
-def make_disk_paths(env: Environment, workdir: Path) -> list[Path]:
-    """Where the configured virtio-blk disks live (pure: `plan` prints them)."""
-    if not env.devices.has("virtio-blk"):
-        return []
-    count = int(env.devices.option("virtio-blk", "count", 1))
-    return [workdir / f"disk{i}.img" for i in range(count)]
-
-
-def make_disks(env: Environment, workdir: Path) -> list[Path]:
-    """Raw disk images for the configured virtio-blk devices, each carrying a host pattern.
-
-    The pattern lets a test check that the guest reads what the host wrote before boot.
-    """
-    size = int(env.devices.option("virtio-blk", "size_mib", 64)) << 20
-    disks = make_disk_paths(env, workdir)
-    for i, path in enumerate(disks):
-        with open(path, "wb") as f:
-            f.truncate(size)
-            f.seek(DISK_PATTERN_OFFSET)
-            f.write(host_pattern(env.name, i))
-    return disks
-
-
-def host_pattern(env_name: str, index: int) -> bytes:
-    return f"HARNESS-HOST-PATTERN {env_name} disk{index}\n".encode().ljust(512, b".")
-
-
-async def _program_test(ctx: TestContext) -> None:
-    """A tests.json entry with a `path`: run it in the guest and parse its output."""
-    from harness.programs import run_program
-
-    await run_program(ctx)
 
 
 def _first_line(text: str) -> str:

@@ -43,10 +43,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
-from harness.engines.base import ExitKind
+from harness.disks import DISK_PATTERN_OFFSET, host_pattern
 from harness.errors import HarnessError
+from harness.exits import ExitKind
 from harness.expected_devices import platform
-from harness.runner import DISK_PATTERN_OFFSET, host_pattern
 from harness.suite import Requirements, Skip, TestContext, guest_test
 
 LINUX = ("linux",)

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.console import ConsoleEOF, ConsoleTimeout
-from harness.engines.base import ExitInfo, ExitKind
 from harness.errors import HarnessError, Unsupported
+from harness.exits import ExitInfo, ExitKind
 from harness.profiles.zircon import parse_platform_halt, platform_halt_line
 from harness.suite import Requirements, Skip, TestContext, guest_test
 

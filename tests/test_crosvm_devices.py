@@ -15,6 +15,7 @@ import pytest
 from test_crosvm_engine import make_env, make_image, option_values, paths_for
 from test_suites_offline_b import ENVS, FakeGuest, Status, cases, ctx, failed
 
+from harness.engines.base import VmmSetup
 from harness.engines.crosvm import CrosvmEngine
 from harness.expected_devices import platform
 from harness.suite import Skip
@@ -56,7 +57,8 @@ def test_arm64_console_is_crosvms_ttys0(tmp_path: Path) -> None:
     """The engine names COM1 the console and earlycon and leaves `console=` to crosvm, which
     adds console=ttyS0 and earlycon=uart8250,mmio,0x3f8 on arm64 (arch/src/serial.rs): a
     `console=ttyAMA0` of the harness's own would point the kernel at a UART crosvm has not."""
-    argv = ENGINE.command(make_env("arm64"), make_image(tmp_path, "arm64"), paths_for(tmp_path))
+    argv = ENGINE.command(make_env("arm64"), make_image(tmp_path, "arm64"), paths_for(tmp_path),
+                          VmmSetup("crosvm", "kvm"))
     consoles = [v for v in option_values(argv, "--serial") if "console" in v.split(",")]
     assert consoles == ["type=stdout,hardware=serial,num=1,console,earlycon,stdin"]
     [params] = option_values(argv, "--params")

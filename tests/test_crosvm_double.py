@@ -26,16 +26,19 @@ import anyio
 import pytest
 from crosvm_double.triple_fault import triple_fault_kernel
 
+from harness.accel import CACHE_FILE, Accel
 from harness.engines import crosvm as crosvm_mod
-from harness.engines.base import ExitKind, RunPaths
+from harness.engines.base import EnvironmentUnavailable, RunPaths, VmmSetup
 from harness.engines.crosvm import CrosvmEngine, CrosvmVmm
 from harness.environments import DeviceConfig, Environment, ImageRef
 from harness.errors import HarnessError, Unsupported
+from harness.exits import ExitKind
 from harness.images.model import GuestImage
 
 pytestmark = pytest.mark.integration
 
 DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
+SETUP = VmmSetup(str(DOUBLE), "kvm")
 BOOT_MARKER = re.compile(rb"HARNESS-BOOT-OK boot_id=[0-9a-f-]{36}")
 PROMPT = b"harness# "
 BOOT_TIMEOUT_S = 120.0  # TCG on a shared 2-core machine; a boot normally takes 2-6 s
@@ -172,8 +175,9 @@ class EditedEngine(CrosvmEngine):
         super().__init__(binary=str(DOUBLE))
         self.edit = edit
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
-        return self.edit(super().command(env, image, paths))
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
+        return self.edit(super().command(env, image, paths, setup))
 
 
 @contextlib.asynccontextmanager
@@ -189,7 +193,7 @@ async def booted(env: Environment, image: GuestImage, workdir: Path, *,
     tty.setraw(slave)
     vmm: CrosvmVmm | None = None
     try:
-        vmm = await engine.launch(env, image, paths, slave)
+        vmm = await engine.launch(env, image, paths, SETUP, slave)
         os.close(slave)
         slave = -1
         console = Console(master)
@@ -413,7 +417,7 @@ async def test_killed_vmm_takes_qemu_along_and_leaves_its_socket(
     no_balloon = make_env("arm64", {"serial": {"count": 1}})
     async with booted(no_balloon, images["arm64"], tmp_path / "g") as g2:
         assert "Address already in use" not in g2.stderr()
-        assert "--no-balloon" in g2.engine.command(no_balloon, images["arm64"], g2.paths)
+        assert "--no-balloon" in g2.engine.command(no_balloon, images["arm64"], g2.paths, SETUP)
         with pytest.raises(Unsupported, match="os error 95"):
             await g2.vmm.balloon(4096)
         with anyio.fail_after(30):
@@ -502,7 +506,8 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
 @needs_qemu
 async def test_invalid_arguments_exit_35(images: dict[str, GuestImage], tmp_path: Path) -> None:
     engine = CrosvmEngine(binary=str(DOUBLE))
-    argv = engine.command(make_env("x86_64"), images["x86_64"], RunPaths(workdir=tmp_path))
+    argv = engine.command(make_env("x86_64"), images["x86_64"], RunPaths(workdir=tmp_path),
+                          SETUP)
     at = argv.index("run") + 1
     cases: dict[str, tuple[list[str], bytes]] = {
         "unknown option": (["--bogus-option"], b"Unrecognized argument: --bogus-option"),
@@ -569,26 +574,30 @@ async def test_x86_triple_fault_is_a_stop(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                     reason="crosvm (and so the engine) requires /dev/kvm before any probe")
 async def test_unavailable_decides_by_a_probe_boot(images: dict[str, GuestImage],
-                                                   tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   tmp_path: Path) -> None:
     """A real boot with crosvm (here the double) decides, once; the verdict is cached on disk."""
     cache = tmp_path / "cache"
-    monkeypatch.setattr(crosvm_mod, "cache_dir", lambda: cache)
     env = make_env("arm64")
-    assert await CrosvmEngine(str(DOUBLE)).unavailable(env) is None
-    verdicts = json.loads((cache / crosvm_mod.PROBE_CACHE_FILE).read_text())
+    engine = CrosvmEngine(str(DOUBLE))
+    setup = await Accel(cache).resolve(engine, env)
+    assert setup == VmmSetup(str(DOUBLE), "kvm", "crosvm 0.1.0-qemu-double")
+    verdicts = json.loads((cache / CACHE_FILE).read_text())
     [(key, verdict)] = verdicts.items()
-    assert key.startswith(f"{DOUBLE}|") and key.endswith("|arm64|debian-generic")
-    assert verdict["ok"] is True and "reached the shell" in verdict["reason"]
+    assert key.startswith(f"crosvm|{DOUBLE}|") and "|arm64|debian-generic|" in key
+    assert verdict["kvm"] is True and "reached the shell" in verdict["reason"]
     # A later run trusts the cache (a changed verdict there is what it reports).
-    (cache / crosvm_mod.PROBE_CACHE_FILE).write_text(
-        json.dumps({key: {"ok": False, "reason": "KVM internal error (recorded)"}}))
-    assert await CrosvmEngine(str(DOUBLE)).unavailable(env) == (
+    (cache / CACHE_FILE).write_text(
+        json.dumps({key: {"kvm": False, "reason": "KVM internal error (recorded)"}}))
+    with pytest.raises(EnvironmentUnavailable) as unavailable:
+        await Accel(cache).resolve(engine, env)
+    assert str(unavailable.value) == (
         "crosvm cannot boot a guest here: KVM internal error (recorded)")
 
     # A guest that never reaches its shell is a failed probe, with crosvm's words in it.
     kernel = triple_fault_kernel(tmp_path / "triple.bzImage")
     broken = dataclasses.replace(make_env("x86_64"), image=ImageRef(name="triple", kernel=kernel))
-    reason = await CrosvmEngine(str(DOUBLE)).unavailable(broken) or ""
+    with pytest.raises(EnvironmentUnavailable) as unavailable:
+        await Accel(cache).resolve(engine, broken)
+    reason = str(unavailable.value)
     assert reason.startswith("crosvm cannot boot a guest here: probe boot"), reason
     assert "exiting with success" in reason

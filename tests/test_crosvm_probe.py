@@ -99,7 +99,7 @@ async def test_probe_boot_ends_on_crosvms_kvm_failure(fault: str, line: str,
     env = crosvm_env()
     started = time.monotonic()
     with anyio.fail_after(kvmprobe.PROBE_TIMEOUT_S + 20):
-        ok, reason = await probe_boot(CrosvmEngine(str(DOUBLE)), env)
+        ok, reason = await probe_boot(CrosvmEngine(str(DOUBLE)), env, str(DOUBLE))
     took = time.monotonic() - started
     assert not ok
     assert line in reason, reason

@@ -75,24 +75,24 @@ class Run:
 
 def private_cache(base: Path) -> Path:
     """A cache dir with the shared guest images and the double's verdict recorded by hand."""
+    from harness.accel import CACHE_FILE, Accel, Verdict
+    from harness.cache import cache_dir
     from harness.engines.crosvm import CrosvmEngine
-    from harness.images import cache_dir
-    from harness.kvmprobe import probe_environment
 
     shared = cache_dir()
     cache = base / "cache"
     cache.mkdir()
     (cache / "images").symlink_to(shared / "images")
-    if (shared / "kvm-verdict.json").exists():  # QEMU's verdict about this machine's KVM
-        shutil.copy(shared / "kvm-verdict.json", cache / "kvm-verdict.json")
+    if (shared / CACHE_FILE).exists():  # the verdicts about this machine's KVM
+        shutil.copy(shared / CACHE_FILE, cache / CACHE_FILE)
     saved = os.environ.get("HARNESS_CACHE_DIR")
     os.environ["HARNESS_CACHE_DIR"] = str(cache)
     try:
         engine = CrosvmEngine(binary=str(DOUBLE))
         envs = envmod.load(ROOT / "environments.json")
         for name in ("fuchsia-crosvm-x64", "fuchsia-crosvm-arm64"):
-            engine.store_verdict(probe_environment(envs.get(name)), True,
-                                 "recorded by the test: the crosvm double runs on TCG")
+            Accel(cache).store(engine, envs.get(name), Verdict(
+                True, "recorded by the test: the crosvm double runs on TCG"))
     finally:
         if saved is None:
             del os.environ["HARNESS_CACHE_DIR"]

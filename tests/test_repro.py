@@ -25,6 +25,7 @@ import pytest
 from harness import environments as envmod
 from harness import plan as planmod
 from harness.cli import main
+from harness.engines.base import BinaryLookup
 from harness.environments import Environment
 from harness.errors import ConfigError, HarnessError
 from harness.images.model import GuestImage
@@ -225,8 +226,14 @@ def test_harness_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 class _NoVmm:
     """An engine that is available but never asked to boot (the image fails first)."""
 
-    async def unavailable(self, env: object) -> None:
-        return None
+    name = "qemu"
+    accelerators = ("tcg",)
+
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("no-vmm", "/no-vmm", "test")
+
+    async def version(self, binary: str) -> str:
+        return ""
 
 
 def test_runner_writes_repro_sh_for_failed_tests(tmp_path: Path) -> None:

@@ -36,9 +36,10 @@ import pytest
 from harness import environments
 from harness import suite as suite_api
 from harness.console import GuestCrashed
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import BinaryLookup, Engine, RunPaths, Vmm, VmmSetup
 from harness.engines.crosvm import CrosvmEngine
 from harness.environments import Environment
+from harness.exits import ExitInfo, ExitKind
 from harness.guest import Guest, GuestExited
 from harness.images.model import GuestImage
 from harness.parse_log import parse_log
@@ -160,21 +161,26 @@ class TranscriptVmm(Vmm):
 class TranscriptEngine(Engine):
     """An engine that launches Launches in turn; `name` picks whose reset rules Guest applies."""
 
+    accelerators = ("tcg",)  # a transcript: nothing to probe
+
     def __init__(self, name: str, launches: list[Launch]) -> None:
         self.name = name
         self.launches = list(launches)
         self.vmms: list[TranscriptVmm] = []
         self.sent: list[str] = []
         self._classify = CrosvmEngine() if name == "crosvm" else None
+        self.relaunches_on_reset = self._classify is not None and \
+            self._classify.relaunches_on_reset
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("transcript-vmm", "transcript-vmm", "test")
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         return ["transcript-vmm", env.name]
 
-    async def unavailable(self, env: Environment) -> str | None:
-        return None
-
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> Vmm:
+                     setup: VmmSetup, console_fd: int) -> Vmm:
         assert self.launches, "the guest was launched more often than the transcript has boots"
         vmm = TranscriptVmm(os.dup(console_fd), self.launches.pop(0), self.sent)
         self.vmms.append(vmm)
@@ -224,7 +230,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         workdir = tmp_path / f"work{len(made)}"
         workdir.mkdir()
         guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir,
-                      own_workdir=False)
+                      own_workdir=False, setup=VmmSetup("transcript-vmm", "tcg"))
         made.append(Rig(guest, engine, env, folder))
         with anyio.fail_after(10):
             await guest.start()

@@ -28,14 +28,15 @@ import pytest
 from harness import environments
 from harness.app import requirement_check
 from harness.console import CommandResult
+from harness.disks import DISK_PATTERN_OFFSET, make_disks
 from harness.engines import crosvm as crosvm_engine
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths
+from harness.engines.base import Engine, RunPaths
 from harness.engines.crosvm import CrosvmEngine
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
 from harness.results import Status
-from harness.runner import DISK_PATTERN_OFFSET, make_disks
 from harness.spec import parse_specs
 from harness.suite import Skip, load_suite
 from harness.suite import TestContext as Context  # not "Test*": pytest would collect it

@@ -38,9 +38,10 @@ from test_suites_offline_b import FakeGuest
 
 from harness import parsers
 from harness.app import make_engines, requirement_check
-from harness.engines.base import ExitKind, RunPaths
+from harness.engines.base import RunPaths, VmmSetup
 from harness.environments import Environment
 from harness.errors import ConfigError
+from harness.exits import ExitKind
 from harness.fuchsia import serialtester
 from harness.fuchsia.serialtester import SerialTester, command_for_test, parse_out_kernel
 from harness.guest import Guest
@@ -102,7 +103,7 @@ class DelayedVmm(TranscriptVmm):
 
 class DelayedEngine(TranscriptEngine):
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> DelayedVmm:
+                     setup: VmmSetup, console_fd: int) -> DelayedVmm:
         assert self.launches, "the guest was launched more often than the transcript has boots"
         vmm = DelayedVmm(os.dup(console_fd), self.launches.pop(0), self.sent)
         self.vmms.append(vmm)
@@ -131,7 +132,7 @@ async def zircon_guest(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         folder, workdir = tmp_path / f"test{n}", tmp_path / f"work{n}"
         workdir.mkdir()
         guest = Guest(env, engine, image(env), folder / "serial.log", workdir=workdir,
-                      own_workdir=False)
+                      own_workdir=False, setup=VmmSetup("transcript-vmm", "tcg"))
         made.append(Zircon(guest, engine, env, folder))
         with anyio.fail_after(10):
             await guest.start()

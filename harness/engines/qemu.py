@@ -1,5 +1,7 @@
 """QEMU: argv built by a pure function, KVM only where a probe boot proved it, control over QMP.
 
+The accelerator comes in decided (harness.accel owns the KVM verdict and its probe).
+
 The console is QEMU's stdio chardev on a pty the harness created before the
 process started, so the first byte of boot output is already captured (the
 same effect as labgrid's `-S` + `cont`, with one mechanism for both engines).
@@ -10,9 +12,7 @@ tell apart a poweroff, a reset and a panic, which the exit status alone cannot.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import platform
 import shutil
 import time
@@ -22,10 +22,19 @@ from typing import Any
 import anyio
 from qemu.qmp import EventListener, QMPClient
 
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm, kernel_args
+from harness.engines.base import (
+    BinaryLookup,
+    Engine,
+    RunPaths,
+    Vmm,
+    VmmSetup,
+    kernel_args,
+    kvm_access_problem,
+)
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
 from harness.images.model import GuestImage
 
 QMP_CONNECT_TIMEOUT_S = 10.0
@@ -184,8 +193,9 @@ class QemuVmm(ProcessVmm, Vmm):
                     await self.qmp.disconnect()
         await kill_and_reap(self.process)
 
-    async def exit_info(self, rc: int) -> ExitInfo:
+    async def exit_info(self, returncode: int) -> ExitInfo:
         """QEMU exits 0 for a poweroff and for a host quit; QMP says which, and if it panicked."""
+        rc = returncode
         await self.drain_events()
         if rc < 0:
             return ExitInfo(ExitKind.KILLED, rc, f"QEMU {describe_returncode(rc)}")
@@ -199,53 +209,34 @@ class QemuVmm(ProcessVmm, Vmm):
         return ExitInfo(ExitKind.ERROR, rc, f"QEMU failed with {describe_returncode(rc)}")
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("HARNESS_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "crosvm-harness"
-
-
 class QemuEngine(Engine):
     name = "qemu"
+    accelerators = ("kvm", "tcg")
 
-    def __init__(self) -> None:
-        # Verdicts per arch, filled by resolve_accel (a probe boot) or from the cache.
-        self.accels: dict[str, str] = {}
-        self.accel_reasons: dict[str, str] = {}
-        # Environments of one arch starting together wait for one probe, not one each;
-        # another arch's verdict does not wait for it.
-        self._verdict_locks: dict[str, anyio.Lock] = {}
+    def locate(self, arch: str) -> BinaryLookup:
+        """qemu-system-ARCH on PATH (Debian's qemu-system-x86 and qemu-system-arm)."""
+        name = BINARIES[arch]
+        found = shutil.which(name)
+        if found is not None:
+            return BinaryLookup(name, found, "PATH")
+        pkg = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
+        return BinaryLookup(name, None, "", f"{name} not found on PATH (Debian package {pkg})")
 
-    def binary(self, arch: str) -> str | None:
-        return shutil.which(BINARIES[arch])
+    def kvm_precheck(self, arch: str) -> str | None:
+        """KVM runs only the host's own arch: an arm64 guest on an x86_64 host is TCG, no
+        probe needed; nor is one where this process cannot open /dev/kvm."""
+        host = HOST_ARCH.get(platform.machine(), platform.machine())
+        if host != arch:
+            return f"host is {host}: KVM cannot run {arch} guests"
+        return kvm_access_problem()
 
-    def accel(self, env: Environment) -> str:
-        if env.accel != "auto":
-            return env.accel
-        return self.accels.get(env.arch) or self._cached_verdict(env.arch)[0] or "tcg"
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
+        return qemu_command(env, image, paths, accel=setup.accel, binary=setup.binary)
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
-        return qemu_command(env, image, paths, accel=self.accel(env),
-                            binary=self.binary(env.arch) or BINARIES[env.arch])
-
-    async def unavailable(self, env: Environment) -> str | None:
-        if self.binary(env.arch) is None:
-            pkg = "qemu-system-x86" if env.arch == "x86_64" else "qemu-system-arm"
-            return f"{BINARIES[env.arch]} not found on PATH (Debian package {pkg})"
-        if env.accel == "kvm":
-            verdict, reason = await self.kvm_verdict(env)
-            if verdict != "kvm":
-                return f"environment requires KVM, which does not work here: {reason}"
-        return None
-
-    async def launch(
-        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
-    ) -> QemuVmm:
-        if env.accel == "auto" and env.arch not in self.accels:
-            await self.kvm_verdict(env)
-        argv = self.command(env, image, paths)
+    async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
+                     setup: VmmSetup, console_fd: int) -> QemuVmm:
+        argv = self.command(env, image, paths, setup)
         qmp_path = paths.workdir / "qmp.sock"
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
@@ -293,58 +284,3 @@ class QemuEngine(Engine):
             return ExitInfo(ExitKind.STOP, 0, "QEMU exited normally")
         return ExitInfo(ExitKind.ERROR, returncode,
                         f"QEMU failed with {describe_returncode(returncode)}")
-
-    # -- KVM verdict -------------------------------------------------------------------------
-
-    def _verdict_key(self, arch: str) -> str:
-        binary = self.binary(arch) or ""
-        st = os.stat(binary) if binary else None
-        kvm = os.path.exists("/dev/kvm")
-        return f"{platform.release()}|{binary}|{st.st_mtime_ns if st else 0}|{kvm}|{arch}"
-
-    def _verdict_file(self) -> Path:
-        return _cache_dir() / "kvm-verdict.json"
-
-    def _cached_verdict(self, arch: str) -> tuple[str | None, str]:
-        try:
-            data = json.loads(self._verdict_file().read_text())
-            entry = data[self._verdict_key(arch)]
-            return entry["accel"], entry["reason"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, "not probed yet"
-
-    def _store_verdict(self, arch: str, accel: str, reason: str) -> None:
-        path = self._verdict_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data[self._verdict_key(arch)] = {"accel": accel, "reason": reason, "when": time.time()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-
-    async def kvm_verdict(self, env: Environment) -> tuple[str, str]:
-        """'kvm' only when a real probe boot under KVM reached the boot marker; cached on disk."""
-        arch = env.arch
-        async with self._verdict_locks.setdefault(arch, anyio.Lock()):
-            if arch in self.accels:
-                return self.accels[arch], self.accel_reasons[arch]
-            accel, reason = self._cached_verdict(arch)
-            if accel is None:
-                accel, reason = await self._probe(env)
-                self._store_verdict(arch, accel, reason)
-            self.accels[arch], self.accel_reasons[arch] = accel, reason
-            return accel, reason
-
-    async def _probe(self, env: Environment) -> tuple[str, str]:
-        host = HOST_ARCH.get(platform.machine(), platform.machine())
-        if host != env.arch:
-            return "tcg", f"host is {host}: KVM cannot run {env.arch} guests"
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            return "tcg", "/dev/kvm is missing or not accessible"
-        from harness.kvmprobe import probe_boot
-
-        ok, why = await probe_boot(self, env)
-        return ("kvm", why) if ok else ("tcg", why)

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.images.model import GuestImage
 
@@ -381,16 +382,6 @@ def write_initramfs(entries: Iterable[CpioEntry], dest: Path, *, mtime: int = 0)
 
 # --------------------------------------------------------------------------------------
 # Cache layout
-
-
-def cache_dir() -> Path:
-    """$HARNESS_CACHE_DIR, else $XDG_CACHE_HOME/crosvm-harness, else ~/.cache/crosvm-harness."""
-    explicit = os.environ.get("HARNESS_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "crosvm-harness"
 
 
 def _normalise(name: str, arch: str) -> tuple[str, str]:
