@@ -69,15 +69,13 @@ async def probe_boot(engine: Engine, env: Environment, binary: str) -> tuple[boo
                         verdict.append((True, "probe boot under KVM reached the shell in "
                                               f"{boot.ready_s:.1f} s"))
                     except HarnessError as e:
-                        # The VMM may have said why and exited before the watch's next look
-                        # (crosvm's `vcpu hit unknown error`, then status 33): its words win.
+                        # A VMM that said why and exited (crosvm's "vcpu hit unknown error",
+                        # status 33) may do so between two polls of the watch: its words
+                        # explain the failure better than the exit does.
                         said = StderrWatch(guest.paths.stderr_log).poll()
-                        if said is not None:
-                            verdict.append((False, _said(said)))
-                        else:
-                            last = stderr_last_line(guest.paths.stderr_log)
-                            detail = f" ({last})" if last else ""
-                            verdict.append((False, f"probe boot under KVM failed: {e}{detail}"))
+                        last = said or stderr_last_line(guest.paths.stderr_log)
+                        detail = f" ({last})" if last else ""
+                        verdict.append((False, f"probe boot under KVM failed: {e}{detail}"))
                     tg.cancel_scope.cancel()
         finally:
             await guest.close()
@@ -140,13 +138,9 @@ async def watch_vmm_stderr(guest: Guest, scope: anyio.CancelScope,
         await anyio.sleep(STDERR_POLL_S)
         line = watch.poll()
         if line is not None:
-            verdict.append((False, _said(line)))
+            verdict.append((False, f"probe boot under KVM failed: the VMM said {line!r}"))
             scope.cancel()
             return
-
-
-def _said(line: str) -> str:
-    return f"probe boot under KVM failed: the VMM said {line!r}"
 
 
 def stderr_last_line(path: Path, limit: int = 4096) -> str:
