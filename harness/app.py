@@ -31,7 +31,14 @@ from harness.engines.base import Engine, EnvironmentUnavailable, RunPaths, VmmSe
 from harness.engines.crosvm import CrosvmEngine
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
-from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ConfigError, HarnessError
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_TESTS,
+    EXIT_OK,
+    ConfigError,
+    HarnessError,
+)
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
 from harness.guest import Guest, private_workdir
@@ -179,6 +186,40 @@ def shard_args(args: argparse.Namespace) -> tuple[int, int] | None:
     return planmod.shard_from_environment(os.environ)
 
 
+def plan_shards(args: argparse.Namespace) -> tuple[int | None, int]:
+    """`harness plan`'s (shard index, total): --total-shards alone shows every shard,
+    --shard-index too (or the CI's shard variables) shows that shard only."""
+    if args.total_shards is not None and args.shard_index is None:
+        return None, args.total_shards
+    sharding = shard_args(args)
+    return sharding if sharding is not None else (None, 1)
+
+
+def nothing_to_run(args: argparse.Namespace, inputs: Inputs, planned: int,
+                   shard: tuple[int, int] | None = None) -> int:
+    """Say that the selection runs nothing, and why as far as the inputs tell; the exit
+    status: 5, as pytest's "no tests collected", unless --allow-empty accepts it."""
+    given = [f"{flag} {shlex.quote(value)}" for flag, values in (
+        ("--device-type", args.device_type), ("--env", args.env), ("--tag", args.tag),
+        ("--suite", args.suite), ("-k", args.globs)) for value in values]
+    source = tests_file(args)
+    what = (f"{len(inputs.specs)} entries of {source}" if source is not None
+            else f"{len(inputs.specs)} built-in suite tests")
+    if shard is not None and planned:
+        why = f"shard {shard[0]} of {shard[1]} holds none of the {planned} selected test runs"
+    elif not inputs.specs:
+        why = f"{source} has no test entries" if source is not None else "no tests"
+    else:
+        why = (f"no test run matches the selection ({'; '.join(given) or 'no filters'}) "
+               f"among {what} on {len(list(inputs.envs))} environments")
+    if args.allow_empty:
+        print(f"harness: nothing to run: {why} (accepted: --allow-empty)", file=sys.stderr)
+        return EXIT_OK
+    print(f"harness: nothing to run: {why}; exit status {EXIT_NO_TESTS} (--allow-empty "
+          f"accepts an empty selection)", file=sys.stderr)
+    return EXIT_NO_TESTS
+
+
 def durations(args: argparse.Namespace) -> dict[str, float] | None:
     if not args.durations_from:
         return None
@@ -222,7 +263,7 @@ def planned_setups(plan: planmod.Plan, engines: Mapping[str, Engine]) -> dict[st
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    plan, _inputs = build_plan(args)
+    plan, inputs = build_plan(args)
     engines = make_engines()
     setups = planned_setups(plan, engines) if args.json else {}
 
@@ -230,13 +271,20 @@ def plan_command(args: argparse.Namespace) -> int:
         env = planmod.run_environment(run, REDACTED_ENTROPY)
         return planned_argv(engines[env.engine], env, plan_image(run), setups[env.name])
 
-    sharding = shard_args(args)
-    total = sharding[1] if sharding else 1
+    index, total = plan_shards(args)
     if args.json:
-        print(json.dumps(planmod.plan_json(plan, argv_for, total_shards=total,
-                                           durations=durations(args)), indent=1))
+        shown = planmod.plan_json(plan, argv_for, total_shards=total,
+                                  durations=durations(args), shard_index=index)
+        print(json.dumps(shown, indent=1))
+        count = len(shown["runs"])
     else:
-        print(planmod.plan_text(plan, total_shards=total, durations=durations(args)))
+        print(planmod.plan_text(plan, total_shards=total, durations=durations(args),
+                                shard_index=index))
+        count = len(plan.runs) if index is None else \
+            len(planmod.shard(plan.runs, index, total, durations=durations(args)))
+    if not count:
+        return nothing_to_run(args, inputs, len(plan.runs),
+                              (index, total) if index is not None else None)
     return EXIT_OK
 
 
@@ -267,12 +315,13 @@ def run_command(args: argparse.Namespace) -> int:
         boot_test_repro_base=boot_test_repro_base(args),
         bundle_base=_bundle_base(inputs),
     )
-    if not runs:
-        print("harness: nothing selected to run", file=sys.stderr)
     n_envs = len({r.environment.name for r in runs})
     _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
                f"{args.jobs} at a time; results in {out}")
-    return _execute(args, runs, inputs.tests, options)
+    status = _execute(args, runs, inputs.tests, options)
+    if not runs and status == EXIT_OK:  # the (empty) results are written all the same
+        return nothing_to_run(args, inputs, len(plan.runs), sharding)
+    return status
 
 
 def _bundle_base(inputs: Inputs) -> Path | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from harness import environments as envmod
 from harness.errors import (
     EXIT_INTERRUPTED,
+    EXIT_NO_TESTS,
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
@@ -54,10 +55,16 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
                    help="only tests whose name matches (fnmatch; repeatable)")
     p.add_argument("--shard-index", type=int, metavar="I",
-                   help="run shard I of --total-shards (also TEST_SHARD_INDEX, GTEST_SHARD_INDEX)")
-    p.add_argument("--total-shards", type=int, metavar="N")
+                   help="run shard I of --total-shards (also TEST_SHARD_INDEX, "
+                        "GTEST_SHARD_INDEX); `plan` shows that shard only")
+    p.add_argument("--total-shards", type=int, metavar="N",
+                   help="the number of shards; `plan` with this alone shows every shard")
     p.add_argument("--durations-from", metavar="SUMMARY",
                    help="balance shards by the durations in an earlier summary.json")
+    p.add_argument("--allow-empty", action="store_true",
+                   help=f"exit {EXIT_NO_TESTS}, not 0, is what a selection that runs nothing "
+                        "gets (a -k typo, a device type no environment has); with this, 0 "
+                        "(for CI matrices whose shards or filters may select nothing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run tests and write results")
+    run = sub.add_parser("run", help="run tests and write results", epilog=exit_status_table(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(run)
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                      help="guests running at once (default: number of cores)")
@@ -86,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="boot the one selected environment and hand its serial console to you "
                           "(Ctrl-] leaves; the guest is then torn down)")
 
-    plan = sub.add_parser("plan", help="show what would run, with each VMM command line")
+    plan = sub.add_parser("plan", help="show what would run, with each VMM command line",
+                          epilog=exit_status_table(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(plan)
     plan.add_argument("--json", action="store_true")
 

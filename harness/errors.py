@@ -8,6 +8,8 @@ same thing (5: nothing was collected), and a shell's for a signal (128 + its num
 
 from __future__ import annotations
 
+import textwrap
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -31,11 +33,12 @@ EXIT_STATUSES: tuple[tuple[int, str], ...] = (
 )
 
 
-def exit_status_table() -> str:
+def exit_status_table(width: int = 79) -> str:
     """EXIT_STATUSES as `harness --help` prints it."""
     lines = ["exit status:"]
     for status, meaning in EXIT_STATUSES:
-        lines.append(f"  {status:<4} {meaning}")
+        lines += textwrap.wrap(meaning, width, initial_indent=f"  {status:<5}",
+                               subsequent_indent=" " * 7)
     return "\n".join(lines)
 
 

@@ -472,11 +472,18 @@ def acknowledge_sharding(environ: Mapping[str, str]) -> Path | None:
 # ---------------------------------------------------------------------------- output
 
 
-def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | None
+def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | None,
+             shard_index: int | None = None
              ) -> tuple[list[PlannedRun], list[list[PlannedRun]]]:
+    """The plan's runs in plan order with their shards set (only shard `shard_index`'s when
+    one is given), and every shard."""
+    _validate(shard_index, total_shards, "arguments")
     shards = assign_shards(plan.runs, total_shards, durations)
     by_key = {run.key: run for s in shards for run in s}
-    return [by_key[run.key] for run in plan.runs], shards
+    runs = [by_key[run.key] for run in plan.runs]
+    if shard_index is not None:
+        runs = [run for run in runs if run.shard == shard_index]
+    return runs, shards
 
 
 def plan_json(
@@ -484,9 +491,17 @@ def plan_json(
     argv_for: Callable[[PlannedRun], list[str] | None],
     total_shards: int = 1,
     durations: Mapping[str, float] | None = None,
+    shard_index: int | None = None,
 ) -> dict[str, Any]:
-    """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null."""
-    runs, shards = _sharded(plan, total_shards, durations)
+    """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null.
+
+    With `shard_index`, the runs are that shard's only (what `harness run` with the same
+    shard runs); without, every run, and `shards` lists each shard's keys (a CI matrix).
+    """
+    runs, shards = _sharded(plan, total_shards, durations, shard_index)
+    shard: dict[str, Any] = (
+        {"shards": [[run.key for run in s] for s in shards]} if shard_index is None
+        else {"shard_index": shard_index, "total_shards": total_shards})
     return {
         "runs": [
             {
@@ -506,7 +521,7 @@ def plan_json(
             }
             for run in runs
         ],
-        "shards": [[run.key for run in s] for s in shards],
+        **shard,
         "disabled": [spec.name for spec in plan.disabled],
         "unmatched": [
             {"test": spec.name, "index": spec.index, "dimensions": dict(env.dimensions),
@@ -522,9 +537,11 @@ def plan_text(
     plan: Plan,
     total_shards: int = 1,
     durations: Mapping[str, float] | None = None,
+    shard_index: int | None = None,
 ) -> str:
-    """A table for people: one line per run, then what was disabled, unmatched or duplicated."""
-    runs, _ = _sharded(plan, total_shards, durations)
+    """A table for people: one line per run (of shard `shard_index` only, when given: what
+    `harness run` with that shard runs), then what was disabled, unmatched or duplicated."""
+    runs, _ = _sharded(plan, total_shards, durations, shard_index)
     header: tuple[str, ...] = ("SHARD", "ENVIRONMENT", "TEST", "SUITE", "ENGINE", "ARCH",
                                "BLOCKING", "STATUS")
     rows: list[tuple[str, ...]] = [
@@ -552,8 +569,10 @@ def plan_text(
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     skipped = sum(run.skip_reason is not None for run in runs)
-    lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped)"
-                 + (f" on {total_shards} shards" if total_shards > 1 else ""))
+    where = (f" in shard {shard_index} of {total_shards} (of {len(plan.runs)} in all)"
+             if shard_index is not None else
+             f" on {total_shards} shards" if total_shards > 1 else "")
+    lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped){where}")
     if plan.disabled:
         lines.append(f"disabled (no environments): {', '.join(s.name for s in plan.disabled)}")
     for spec, env in plan.unmatched:

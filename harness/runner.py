@@ -274,7 +274,7 @@ class Runner:
             return attempt, shared
         state = await self._env_state(env)
         if state.unavailable:
-            attempt.status, attempt.message = Status.SKIP, state.unavailable
+            attempt.status, attempt.message = cannot_run(env, state.unavailable)
             return attempt, shared
         image: GuestImage
         if env.image.product_bundle:
@@ -286,8 +286,8 @@ class Runner:
             attempt.properties.update(describe(run.bundle, self.opt.bundle_base
                                                or run.bundle.directory))
         elif state.image_error or state.image is None:
-            attempt.status = Status.INFRA_FAIL
-            attempt.message = f"guest image unavailable: {state.image_error}"
+            attempt.status, attempt.message = cannot_run(
+                env, f"guest image unavailable: {state.image_error}")
             return attempt, shared
         else:
             image = state.image
@@ -511,6 +511,19 @@ class Runner:
     def _say(self, line: str) -> None:
         if self.opt.progress:
             print(line, file=sys.stderr, flush=True)
+
+
+def cannot_run(env: Environment, reason: str) -> tuple[Status, str]:
+    """The verdict of a test whose environment cannot run on this host (no engine binary,
+    KVM that cannot run guests, an image that cannot be built).
+
+    A blocking environment that was asked for and cannot run is the builder's failure,
+    INFRA_FAIL: a blocking crosvm builder on a host without crosvm must not be green.
+    An FYI environment is skipped with the reason: it reports, it does not gate.
+    """
+    if env.blocking:
+        return Status.INFRA_FAIL, f"blocking environment {env.name} cannot run here: {reason}"
+    return Status.SKIP, reason
 
 
 def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:

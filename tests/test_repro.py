@@ -7,6 +7,7 @@ One integration test really fails a test in a QEMU guest and re-runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import json
@@ -242,13 +243,16 @@ def test_runner_writes_repro_sh_for_failed_tests(tmp_path: Path) -> None:
                                                            "devices": "minimal"}}]}
                          for n in ("needs-image", "odd [name]")], "<test>")
     plan = planmod.make_plan(specs, envmod.load(None), planmod.Selection(env_names=(ENV,)))
+    # Blocking, so that an image that cannot be had fails the test (an FYI one would skip).
+    runs = [dataclasses.replace(r, environment=dataclasses.replace(r.environment, blocking=True))
+            for r in plan.runs]
 
     def no_image(env: Environment) -> GuestImage:
         raise HarnessError("no image here")
 
     out = tmp_path / "out"
     base = [*HERE, "run", "--tests", "/abs/tests.json"]
-    runner = Runner(plan.runs, {}, {"qemu": _NoVmm()}, RunOptions(  # type: ignore[dict-item]
+    runner = Runner(runs, {}, {"qemu": _NoVmm()}, RunOptions(  # type: ignore[dict-item]
         out_dir=out, repro_base=base, progress=False), image_for=no_image)
     run = anyio.run(runner.run, backend="asyncio")
     assert [r.status for r in run.results] == [Status.INFRA_FAIL, Status.INFRA_FAIL]
