@@ -23,8 +23,8 @@ from pathlib import Path
 import anyio
 
 from harness import environments as envmod
-from harness import images, repro
 from harness import plan as planmod
+from harness import repro
 from harness.accel import NOT_PROBED, Accel
 from harness.disks import make_disk_paths, make_disks
 from harness.engines.base import Engine, EnvironmentUnavailable, RunPaths, VmmSetup
@@ -42,8 +42,10 @@ from harness.errors import (
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
 from harness.guest import Guest, private_workdir
+from harness.images.build import build_image
 from harness.images.environment import image_for, planned_image
 from harness.images.model import GuestImage
+from harness.images.store import list_images
 from harness.interactive import attach, interact, keep_serving
 from harness.parse_log import parse_log
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
@@ -660,7 +662,7 @@ def _say(args: argparse.Namespace, line: str) -> None:
 
 def images_command(args: argparse.Namespace) -> int:
     if args.images_command == "list":
-        rows = images.list_images()
+        rows = list_images()
         if not rows:
             print("no images built yet: run `harness images build`")
         for row in rows:
@@ -673,7 +675,7 @@ def images_command(args: argparse.Namespace) -> int:
     if args.name:
         wanted = [w for w in wanted if w[0] in args.name]
     for name, arch in wanted:
-        image = images.build_image(name, arch, force=args.force)
+        image = build_image(name, arch, force=args.force)
         print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
     return EXIT_OK
 
@@ -720,7 +722,7 @@ def doctor_command(args: argparse.Namespace) -> int:
             report["crosvm"] = await crosvm.doctor(envs, argvs)
 
     anyio.run(gather, backend="asyncio")
-    report["images"] = images.list_images()
+    report["images"] = list_images()
     print(json.dumps(report, indent=1, default=str))
     return EXIT_OK
 

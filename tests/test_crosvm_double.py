@@ -58,7 +58,8 @@ needs_qemu = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, GuestImage]:
-    from harness.images import ImageError, ensure_image
+    from harness.images.build import ensure_image
+    from harness.images.errors import ImageError
 
     try:
         return {arch: ensure_image(name, arch) for arch, name in IMAGES.items()}

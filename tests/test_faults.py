@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import xmlschema
 
-from harness.images import CpioEntry, ensure_image, write_cpio
+from harness.images.build import ensure_image
+from harness.images.cpio import CpioEntry, write_cpio
 
 ROOT = Path(__file__).resolve().parent.parent
 XSD = ROOT / "tests" / "schemas" / "junit-10.xsd"
