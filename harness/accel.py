@@ -34,6 +34,7 @@ import anyio
 from harness.cache import cache_dir
 from harness.engines.base import Engine, EnvironmentUnavailable, VmmSetup
 from harness.environments import Environment, ImageRef
+from harness.images.environment import EMBEDDED_PROFILE
 from harness.kvmprobe import probe_boot
 
 CACHE_FILE = "kvm-verdict.json"
@@ -59,7 +60,7 @@ def probe_environment(env: Environment) -> Environment:
     Linux environments of that engine and arch share)."""
     if not env.image.product_bundle:
         return env
-    return dataclasses.replace(env, profile="linux", kernel_args=(),
+    return dataclasses.replace(env, profile=EMBEDDED_PROFILE, kernel_args=(),
                                image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
 
 

@@ -135,7 +135,9 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def requirement_check(tests: Mapping[str, SuiteTest],
-                      engines: Mapping[str, Engine]):  # type: ignore[no-untyped-def]
+                      engines: Mapping[str, Engine]) -> planmod.Check:
+    """Why a test cannot run on an environment (a planned SKIP with that reason), or None."""
+
     def check(spec: TestSpec, env: Environment) -> str | None:
         if spec.is_boot_test:
             return None  # the booted system is the test; its `path` is a host script
@@ -147,10 +149,9 @@ def requirement_check(tests: Mapping[str, SuiteTest],
             # A device the configuration has but this engine cannot provide here (crosvm's
             # TAP-only network, for one): skipped per test, with the engine's reason.
             engine = engines.get(env.engine)
-            per_device = getattr(engine, "device_unavailable", None)
-            if per_device is not None:
+            if engine is not None:
                 for device in test.requires.devices:
-                    reason = per_device(env, device)
+                    reason = engine.device_unavailable(env, device)
                     if reason:
                         return reason
             return None
@@ -530,8 +531,8 @@ def run_boot_test_command(args: argparse.Namespace) -> int:
     if bundle is None:
         raise ConfigError(str(file), f"entry {spec.index} ({json.dumps(spec.name)})",
                           "product_bundle", "names no product bundle; give --product-bundle")
-    engine = "crosvm" if args.crosvm else "qemu"
-    env = envs.get(args.env or boottest.developer_environment(engine, bundle.cpu))
+    vmm = "crosvm" if args.crosvm else "qemu"  # fx run-boot-test's --crosvm, or its default
+    env = envs.get(args.env or boottest.developer_environment(vmm, bundle.cpu))
     if not env.image.product_bundle:
         raise ConfigError("command line", None, "--env",
                           f"{env.name} does not boot a product bundle (its image is "

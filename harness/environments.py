@@ -13,7 +13,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness.errors import ConfigError
 
@@ -149,7 +149,7 @@ class _Checker:
             self.fail(None, f"expected an object, got {type(obj).__name__}")
         self.obj: dict[str, Any] = obj
 
-    def fail(self, field: str | None, problem: str) -> None:
+    def fail(self, field: str | None, problem: str) -> NoReturn:
         raise ConfigError(self.file, self.entry, field, problem)
 
     def get(self, field: str, kind: type | tuple[type, ...], default: Any = ..., *,

@@ -294,7 +294,11 @@ class Guest:
 
     def expected_devices(self) -> frozenset[str]:
         """The configured devices plus what the engine always adds."""
-        return frozenset(self.env.devices.devices) | self.engine.implicit_devices(self.env)
+        return frozenset(self.env.devices.devices) | self.implicit_devices()
+
+    def implicit_devices(self) -> frozenset[str]:
+        """What the engine presents whatever the configuration says."""
+        return self.engine.implicit_devices(self.env)
 
     @property
     def capabilities(self) -> Mapping[str, Any]:

@@ -52,6 +52,7 @@ from typing import Any
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError
 from harness.fuchsia.build import BundleSet, ProductBundle, boot_skip
+from harness.profiles import get_profile
 from harness.spec import SpecEnvironment, TestSpec, paused_gc
 
 log = logging.getLogger(__name__)
@@ -198,15 +199,15 @@ def eligible(spec: TestSpec, env: Environment, *, testsharder: bool) -> bool:
     """Whether `spec` may run on `env` at all, whatever the dimensions say.
 
     A boot test boots a product bundle, so only an environment that boots one can
-    run it. Under Fuchsia's matching, an `os: fuchsia` test needs a Fuchsia guest
-    (Zircon profile) and any other test a guest that is not (a Linux guest runs
-    its `path`).
+    run it. Under Fuchsia's matching, an `os: fuchsia` test needs a guest whose
+    profile runs Fuchsia's programs (Zircon) and any other test a guest that does
+    not (a Linux guest runs its `path`).
     """
     if spec.is_boot_test:
         return env.image.product_bundle
     if not testsharder:
         return True
-    return (env.profile == "zircon") == (spec.os == "fuchsia")
+    return (get_profile(env.profile).os == "fuchsia") == (spec.os == "fuchsia")
 
 
 def _tie_key(env: Environment, dims: Mapping[str, str]) -> tuple[int, str]:
@@ -313,7 +314,7 @@ def run_environment(run: PlannedRun, entropy_mixin: str = "") -> Environment:
     extra = run.spec_environment.kernel_args if run.spec_environment is not None else ()
     if extra:
         changes["kernel_args"] = (*env.kernel_args, *extra)
-    if entropy_mixin and env.profile == "zircon":
+    if entropy_mixin and get_profile(env.profile).takes_entropy_mixin:
         changes["entropy_mixin"] = entropy_mixin
     if run.spec.is_boot_test:
         changes["no_reboot"] = True

@@ -44,6 +44,7 @@ from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.programs import run_program
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
+from harness.spec import TestSpec
 from harness.suite import Skip, SuiteTest, TestContext
 from harness.textsafe import terminal_safe
 
@@ -199,7 +200,7 @@ class Runner:
                         state.image_error = str(e)
         return state
 
-    def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[Any]:
+    def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[None]:
         """A host resource only one guest can hold at a time: a named TAP device.
 
         Two crosvm guests cannot open the same TAP, so guests of environments naming
@@ -541,10 +542,11 @@ def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
     return not spec_params(run.spec).get("isolated", False)
 
 
-def spec_params(spec: Any) -> dict[str, Any]:
+def spec_params(spec: TestSpec) -> dict[str, Any]:
     """A test's parameters: the fields of its tests.json entry Fuchsia's format does not define
-    (`test.args`, `test.format`, `reboot_cycles`, ...), reachable without the `test.` prefix."""
-    extra = dict(getattr(spec, "extra", {}) or {})
+    (`test.args`, `test.format`, `reboot_cycles`, ...), reachable without the `test.` prefix.
+    Any: JSON values, which each test checks for itself."""
+    extra = dict(spec.extra)
     return {**extra, **{k.removeprefix("test."): v for k, v in extra.items()}}
 
 

@@ -40,14 +40,16 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
     ("tests", ("suites", "harness.programs", "harness.fuchsia.boottest",
                "harness.fuchsia.serialtester")),
     ("suite api", ("harness.suite",)),
-    ("guest", ("harness.guest",)),
-    ("core", ("harness.engines", "harness.console", "harness.interactive", "harness.profiles",
+    ("guest", ("harness.guest", "harness.interactive")),
+    ("core", ("harness.engines", "harness.console", "harness.profiles",
               "harness.images.*", "harness.parsers", "harness.parse_log", "harness.logblocks",
-              "harness.fuchsia.tefmocheck", "harness.report", "harness.stability",
-              "harness.repro", "harness.plan", "harness.disks")),
-    ("models", ("harness", "harness.fuchsia", "harness.fuchsia.build", "harness.results",
+              "harness.fuchsia.tefmocheck", "harness.fuchsia.emulator", "harness.report",
+              "harness.stability",
+              "harness.repro", "harness.plan", "harness.disks", "harness.inventory",
+              "harness.hostcpu", "harness.hostnet")),
+    ("models", ("=harness", "=harness.fuchsia", "harness.fuchsia.build", "harness.results",
                 "harness.environments", "harness.spec", "harness.errors", "harness.exits",
-                "harness.textsafe", "harness.cache", "harness.images", "harness.images.model",
+                "harness.textsafe", "harness.cache", "=harness.images", "harness.images.model",
                 "harness.expected_devices")),
 )
 
@@ -58,7 +60,7 @@ DOUBLE_LAYERS: Sequence[tuple[str, Sequence[str]]] = (
                              "crosvm_double.faults", "crosvm_double.triple_fault")),
     ("the command line", ("crosvm_double.cmdline",)),
     ("serde_keyvalue", ("crosvm_double.keyvalues",)),
-    ("base", ("crosvm_double", "crosvm_double.base")),
+    ("base", ("=crosvm_double", "crosvm_double.base")),
 )
 
 # Imports inside a function: each must point down, and say why it is not at the top.
@@ -138,14 +140,17 @@ def imports(name: str, path: Path, known: Iterable[str]) -> Iterator[Edge]:
 
 def layer_of(name: str, layers: Sequence[tuple[str, Sequence[str]]]) -> int | None:
     """The index of `name`'s layer (0 is the top), by the longest pattern naming it; None:
-    undeclared. "a.b" names a.b and what is in it, "a.b.*" only what is in it (so that a
-    package's __init__ can sit lower than its modules)."""
+    undeclared. "a.b" names a.b and what is in it, "=a.b" the module (or package __init__)
+    a.b alone, "a.b.*" only what is in it."""
     best: tuple[int, int] | None = None
     for index, (_, patterns) in enumerate(layers):
         for pattern in patterns:
-            inside = pattern.removesuffix(".*")
-            hit = name.startswith(inside + ".") if pattern.endswith(".*") else (
-                name == pattern or name.startswith(pattern + "."))
+            if pattern.startswith("="):
+                hit = name == pattern[1:]
+            elif pattern.endswith(".*"):
+                hit = name.startswith(pattern.removesuffix("*"))
+            else:
+                hit = name == pattern or name.startswith(pattern + ".")
             if hit and (best is None or len(pattern) > best[1]):
                 best = (index, len(pattern))
     return best[0] if best is not None else None

@@ -68,7 +68,7 @@ async def kill_and_reap(process: Process, *, grace_s: float = 0.0) -> int:
         rc = await process.wait()
         # The leader is reaped; children it left in the group get the same end.
         signal_group(process.pid, signal.SIGKILL)
-        return rc
+    return rc
 
 
 def describe_returncode(rc: int) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import Process
 from qemu.qmp import EventListener, QMPClient
 
 from harness.engines.base import (
@@ -118,7 +119,7 @@ def qemu_command(
 class QemuVmm(ProcessVmm, Vmm):
     """A running QEMU with its QMP connection and the events seen so far."""
 
-    def __init__(self, process: Any, qmp: QMPClient | None, memory_mib: int = 0) -> None:
+    def __init__(self, process: Process, qmp: QMPClient | None, memory_mib: int = 0) -> None:
         super().__init__(process)
         self.qmp = qmp
         self.memory_bytes = memory_mib << 20
@@ -136,9 +137,9 @@ class QemuVmm(ProcessVmm, Vmm):
 
     async def drain_events(self) -> list[dict[str, Any]]:
         """Take the events queued so far (SHUTDOWN reasons, GUEST_PANICKED, RESET)."""
-        new = []
+        new: list[dict[str, Any]] = []
         while not self.listener.empty():
-            event = dict(await self.listener.get())
+            event: dict[str, Any] = dict(await self.listener.get())
             new.append(event)
             if event["event"] == "SHUTDOWN":
                 self.shutdown_reason = event.get("data", {}).get("reason")
@@ -148,7 +149,7 @@ class QemuVmm(ProcessVmm, Vmm):
         return new
 
     async def _execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0
-                       ) -> Any:
+                       ) -> Any:  # Any: QMP's reply, JSON shaped by the command
         if self.qmp is None:
             raise HarnessError("QMP is not connected")
         try:
@@ -249,7 +250,7 @@ class QemuEngine(Engine):
             raise
         return vmm
 
-    async def _connect_qmp(self, path: Path, process: Any) -> QMPClient | None:
+    async def _connect_qmp(self, path: Path, process: Process) -> QMPClient | None:
         """Connect to QMP once QEMU listens on its socket; None if QEMU died first.
 
         The socket file appears at bind(), a moment before listen(): a connection

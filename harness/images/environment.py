@@ -12,6 +12,9 @@ from harness.errors import HarnessError
 from harness.images.build import ensure_image
 from harness.images.model import GuestImage
 
+# Every embedded image is a Linux guest: a Debian kernel with busybox and the harness's init.
+EMBEDDED_PROFILE = "linux"
+
 
 def image_for(env: Environment, *, build: bool = True) -> GuestImage:
     """The kernel and initramfs `env` boots (building the embedded one if needed and `build`;

@@ -183,7 +183,7 @@ def pvh_elf_size(elf: bytes) -> int:
         raise ImageError(f"decompressed kernel is an ELF for machine {machine}, not x86_64")
     phoff, shoff = struct.unpack_from("<QQ", elf, 0x20)
     phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", elf, 0x36)
-    ends = [64, phoff + phnum * phentsize, shoff + shnum * shentsize]
+    ends: list[int] = [64, phoff + phnum * phentsize, shoff + shnum * shentsize]
     pvh = False
     for i in range(phnum):
         p_type, _, p_offset, _, _, p_filesz = struct.unpack_from(
