@@ -9,6 +9,7 @@ call a command without a subprocess.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import difflib
@@ -16,6 +17,7 @@ import json
 import os
 import secrets
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,9 +25,10 @@ from pathlib import Path
 import anyio
 
 from harness import environments as envmod
+from harness import jsonfile, repro, stoptoken
 from harness import plan as planmod
-from harness import repro
 from harness.accel import NOT_PROBED, Accel
+from harness.cache import cache_dir
 from harness.disks import make_disk_paths, make_disks
 from harness.engines.base import Engine, EnvironmentUnavailable, RunPaths, VmmSetup
 from harness.engines.crosvm import CrosvmEngine
@@ -33,23 +36,24 @@ from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
+    EXIT_INFRA,
     EXIT_NO_TESTS,
     EXIT_OK,
     ConfigError,
     HarnessError,
 )
+from harness.folders import safe_name
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
-from harness.guest import Guest, private_workdir
+from harness.guest import Guest
 from harness.images.build import build_image
 from harness.images.environment import image_for, planned_image
 from harness.images.model import GuestImage
-from harness.images.store import list_images
+from harness.images.store import list_images, sweep_cache
 from harness.interactive import attach, interact, keep_serving
+from harness.outputs import Terminal, check_writable, prepare_out_dir
 from harness.parse_log import parse_log
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
-from harness.report import write_reports
 from harness.report.diff import diff_runs, diff_text
 from harness.report.html import REPORT_FILE, write_report, write_run_report
 from harness.report.merge import merge_runs
@@ -57,13 +61,19 @@ from harness.report.summary import load_summary
 from harness.report.terminal import TerminalReport, ci_outputs
 from harness.results import RunResult, Status
 from harness.runner import Runner, RunOptions, redact
+from harness.signals import RunSignals
 from harness.spec import SpecEnvironment, TestSpec, load_specs, parse_specs
 from harness.stability import find_summaries, report_text, stability
+from harness.stoptoken import StopToken
 from harness.suite import SuiteTest, default_specs, registry
+from harness.textsafe import name_safe, terminal_safe
+from harness.workdirs import private_workdir, sweep_stale
 
 # What `harness plan` shows for the entropy mixin: the value is made fresh at each boot,
 # and is a secret (the kernel seeds its CPRNG with it), so no command line shows it.
 REDACTED_ENTROPY = "x" * (2 * ENTROPY_MIXIN_BYTES)
+# A summary.json of a 3,000-test run is about 30 MiB; far beyond any real one.
+MAX_SUMMARY = 1024 * jsonfile.MiB
 
 
 def make_engines() -> dict[str, Engine]:
@@ -226,6 +236,7 @@ def nothing_to_run(args: argparse.Namespace, inputs: Inputs, planned: int,
 def durations(args: argparse.Namespace) -> dict[str, float] | None:
     if not args.durations_from:
         return None
+    jsonfile.check_file(args.durations_from, MAX_SUMMARY, "summary.json")
     run = load_summary(Path(args.durations_from))
     return {r.key: r.duration_s for r in run.results}
 
@@ -269,22 +280,32 @@ def plan_command(args: argparse.Namespace) -> int:
     plan, inputs = build_plan(args)
     engines = make_engines()
     setups = planned_setups(plan, engines) if args.json else {}
+    argvs: dict[tuple[str, str, tuple[str, ...], bool], list[str]] = {}
 
     def argv_for(run: planmod.PlannedRun) -> list[str] | None:
-        env = planmod.run_environment(run, REDACTED_ENTROPY)
-        return planned_argv(engines[env.engine], env, plan_image(run), setups[env.name])
+        """The VMM command of `run`: the same for every run of one environment that boots
+        the same image with the same kernel arguments, so it is worked out once per such
+        run (looking up the image reads files)."""
+        extra = run.spec_environment.kernel_args if run.spec_environment is not None else ()
+        key = (run.environment.name, run.bundle_name, tuple(extra), run.spec.is_boot_test)
+        argv = argvs.get(key)
+        if argv is None:
+            env = planmod.run_environment(run, REDACTED_ENTROPY)
+            argv = argvs[key] = planned_argv(engines[env.engine], env, plan_image(run),
+                                             setups[env.name])
+        return argv
 
     index, total = plan_shards(args)
     if args.json:
-        shown = planmod.plan_json(plan, argv_for, total_shards=total,
-                                  durations=durations(args), shard_index=index)
-        print(json.dumps(shown, indent=1))
-        count = len(shown["runs"])
+        # Streamed: 50,000 runs are a few MB of text, never a few GB of objects.
+        count = planmod.write_plan_json(plan, argv_for, sys.stdout, total_shards=total,
+                                        durations=durations(args), shard_index=index)
     else:
-        print(planmod.plan_text(plan, total_shards=total, durations=durations(args),
-                                shard_index=index))
+        sys.stdout.write(planmod.plan_text(plan, total_shards=total, durations=durations(args),
+                                           shard_index=index))
         count = len(plan.runs) if index is None else \
             len(planmod.shard(plan.runs, index, total, durations=durations(args)))
+    sys.stdout.flush()
     if not count:
         return nothing_to_run(args, inputs, len(plan.runs),
                               (index, total) if index is not None else None)
@@ -292,36 +313,52 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    plan, inputs = build_plan(args)
     if args.interactive:
+        plan, inputs = build_plan(args)
         return interactive_command(args, plan, inputs.envs)
+    # Handlers for the whole run, from before the inputs are read to the last line.
+    with RunSignals() as signals:
+        return _run(args, signals)
+
+
+def _run(args: argparse.Namespace, signals: RunSignals) -> int:
+    term = Terminal(enabled=not args.quiet)
+    plan, inputs = build_plan(args)
     runs = plan.runs
     sharding = shard_args(args)
     if sharding:
         runs = planmod.shard(runs, sharding[0], sharding[1], durations=durations(args))
         planmod.acknowledge_sharding(os.environ)
-    if args.jobs < 1:
-        raise ConfigError("command line", None, "--jobs", "must be at least 1")
     out = Path(args.out) if args.out else default_out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    # Before anything runs: a results directory or cache the host will not let us write
+    # is one line naming it now, not a traceback an hour in.
+    cache = cache_dir()
+    check_writable(cache, "the cache directory" + (" (HARNESS_CACHE_DIR)"
+                                                   if os.environ.get("HARNESS_CACHE_DIR") else ""))
+    cleaned = prepare_out_dir(out)
+    if cleaned:
+        term.say(cleaned, always=True)
     if not args.out:
-        latest = out.parent / "latest"
-        if latest.is_symlink() or not latest.exists():
-            tmp = out.parent / f".latest.{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(out.name)
-            os.replace(tmp, latest)
+        _point_latest(out)
+    # What killed runs left behind (their owners are gone): guests' work directories with
+    # their disk images, and image builds' work directories in the cache.
+    stale = sweep_stale()
+    sweep_cache(cache)
+    if stale:
+        term.say(f"harness: removed {_count(len(stale), 'work directory')} left by runs that "
+                 "were killed", always=True)
     options = RunOptions(
         out_dir=out, jobs=args.jobs, retries=args.retries,
         log_cap=(args.log_cap_mib << 20) or None,
         repro_base=repro_base(args), progress=not args.quiet, keep_failed=args.keep,
+        terminal=term,
         boot_test_repro_base=boot_test_repro_base(args),
         bundle_base=_bundle_base(inputs),
     )
     n_envs = len({r.environment.name for r in runs})
-    _say(args, f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
-               f"{args.jobs} at a time; results in {out}")
-    status = _execute(args, runs, inputs.tests, options)
+    term.say(f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
+             f"{args.jobs} at a time; results in {out}")
+    status = _execute(args, runs, inputs.tests, options, signals)
     if not runs and status == EXIT_OK:  # the (empty) results are written all the same
         return nothing_to_run(args, inputs, len(plan.runs), sharding)
     return status
@@ -357,55 +394,63 @@ def boot_test_repro_base(args: argparse.Namespace) -> list[str]:
 
 
 def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
-             tests: Mapping[str, SuiteTest], options: RunOptions) -> int:
-    """Run `runs`, write the reports as results come, print the closing report; the exit
-    status."""
-    terminal = TerminalReport.for_stream(sys.stderr, os.environ)
-    options = dataclasses.replace(options, progress_line=terminal.progress)
-    runner = Runner(runs, tests, make_engines(), options, image_for=image_for,
-                    on_result=write_run_files)
+             tests: Mapping[str, SuiteTest], options: RunOptions, signals: RunSignals) -> int:
+    """Run `runs` (each finished test on disk before the terminal says so), print the closing
+    report; the exit status."""
+    term = options.terminal or Terminal(enabled=options.progress)
+    report = TerminalReport.for_stream(sys.stderr, os.environ)
+    options = dataclasses.replace(options, terminal=term, progress_line=report.progress)
+    runner = Runner(runs, tests, make_engines(), options, image_for=image_for)
+    stop = StopToken()
+    signals.record_only()
 
     async def main() -> RunResult:
+        stoptoken.CURRENT.set(stop)  # image builds in worker threads find it (stoptoken.py)
+
+        def deliver(sig: signal.Signals, count: int) -> None:
+            if count == 1:
+                stop.stop(f"interrupted by {sig.name}")
+                runner.interrupt(f"interrupted by {sig.name}")
+            else:
+                stop.hurry()
+                runner.hurry(sig.name)
+
+        signals.attach(deliver)
         result = await runner.run()
-        write_run_files(result)
+        signals.results_final()
         if runner.kept:
             try:
-                await keep_serving(runner.kept, say=lambda line: print(line, file=sys.stderr))
+                await keep_serving(runner.kept, say=lambda line: term.say(line, always=True),
+                                   until=signals.wait)
             finally:
                 for guest in runner.kept:
                     await guest.close()
         return result
 
     result: RunResult = anyio.run(main, backend="asyncio")
-    report_run_end(args, result, terminal)
-    if result.interrupted:
-        signal = "SIGINT" if runner.interrupted and "SIGINT" in runner.interrupted \
-            else "SIGTERM"
-        return EXIT_INTERRUPTED[signal]
+    signals.detach()
+    report_run_end(term, result, report)
+    status = signals.exit_status
+    if status is not None:
+        return status
+    if runner.output_errors:
+        for line in runner.output_errors:
+            term.say(f"harness: infrastructure: {line}", always=True)
+        return EXIT_INFRA
     if getattr(args, "command", "") == "run-boot-test":
         # The developer asked for this one test: anything but a pass is a failure.
         return EXIT_OK if all(r.status == Status.PASS for r in result.results) else EXIT_FAILED
     return EXIT_FAILED if result.blocking_failed else EXIT_OK
 
 
-def write_run_files(run: RunResult) -> None:
-    """junit.xml and summary.json, then report.html (a secondary view: a failure to render
-    it is said, never allowed to stop the run or lose the results already written)."""
-    write_reports(run)
-    try:
-        write_run_report(run)
-    except Exception as e:  # a bug in the HTML view must not cost the run
-        print(f"harness: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
-
-
-def report_run_end(args: argparse.Namespace, run: RunResult, terminal: TerminalReport) -> None:
+def report_run_end(term: Terminal, run: RunResult, terminal: TerminalReport) -> None:
     """The closing report on the terminal, and GitHub's annotations and step summary."""
     diffs = diff_runs(run, run, left_label=str(run.out_dir), right_label=str(run.out_dir))
     report = run.out_dir / REPORT_FILE
     files = [f"junit: {run.out_dir / 'junit.xml'}"]
     if report.exists():
         files.append(f"report: {report}")
-    _say(args, terminal.closing(run, files=files, diffs=diffs))
+    term.say(terminal.closing(run, files=files, diffs=diffs))
     ci_outputs(run, diffs, environ=os.environ, stdout=sys.stdout,
                report=str(report) if report.exists() else "")
 
@@ -448,6 +493,17 @@ def diff_command(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(d.differs for d in diffs) else EXIT_OK
 
 
+def _point_latest(out: Path) -> None:
+    """results/latest -> the newest run (a convenience: failing to update it is no error)."""
+    latest = out.parent / "latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() or not latest.exists():
+            tmp = out.parent / f".latest.{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(out.name)
+            os.replace(tmp, latest)
+
+
 def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: EnvironmentSet) -> int:
     """Boot the one selected environment and give its console to the person at the terminal."""
     names = sorted({r.environment.name for r in plan.runs}) or list(args.env)
@@ -463,20 +519,22 @@ def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: Envi
     async def main() -> int:
         setup = await resolve_or_say(engine, env)
         image = await anyio.to_thread.run_sync(image_for, env)
-        workdir = private_workdir(f"harness-{env.name[:24]}-")
-        guest = Guest(env, engine, image, out / f"{env.name}-serial.log", setup=setup,
-                      workdir=workdir, disks=make_disks(env, workdir), own_workdir=True)
+        workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
+        log = out / f"{safe_name(env.name)}-serial.log"
+        guest = Guest(env, engine, image, log, setup=setup, workdir=workdir,
+                      disks=make_disks(env, workdir), own_workdir=True)
         try:
-            print(f"booting {env.name}: {' '.join(guest.command_line)}", file=sys.stderr)
+            print(f"booting {name_safe(env.name)}: {terminal_safe(' '.join(guest.command_line))}",
+                  file=sys.stderr)
             boot = await guest.start()
-            print(f"\r\n[harness] {env.name} is up after {boot.ready_s:.1f} s; this is its "
-                  f"serial console. Ctrl-] leaves and tears the guest down.\r", file=sys.stderr)
+            print(f"\r\n[harness] {name_safe(env.name)} is up after {boot.ready_s:.1f} s; this "
+                  "is its serial console. Ctrl-] leaves and tears the guest down.\r",
+                  file=sys.stderr)
             guest.console.sendline("")
             await interact(guest.console)
         finally:
             await guest.close()
-        print(f"\r\n[harness] {env.name} stopped; serial log: "
-              f"{out / (env.name + '-serial.log')}", file=sys.stderr)
+        print(f"\r\n[harness] {name_safe(env.name)} stopped; serial log: {log}", file=sys.stderr)
         return EXIT_OK
 
     return anyio.run(main, backend="asyncio")
@@ -559,7 +617,8 @@ def run_boot_test_command(args: argparse.Namespace) -> int:
                          boot_test_repro_base=boot_test_repro_base(args),
                          bundle_base=Path(args.build_dir).resolve() if args.build_dir
                          else bundles.base)
-    return _execute(args, [run], {}, options)
+    with RunSignals() as signals:
+        return _execute(args, [run], {}, options, signals)
 
 
 def _pick_boot_test(name: str, boot_tests: list[TestSpec],
@@ -656,11 +715,6 @@ def _interactive_boot_test(run: planmod.PlannedRun, out: Path) -> int:
     return EXIT_OK if verdict.status == Status.PASS else EXIT_FAILED
 
 
-def _say(args: argparse.Namespace, line: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(line, file=sys.stderr, flush=True)
-
-
 def images_command(args: argparse.Namespace) -> int:
     if args.images_command == "list":
         rows = list_images()
@@ -675,9 +729,13 @@ def images_command(args: argparse.Namespace) -> int:
         wanted = [w for w in wanted if w[1] in args.arch]
     if args.name:
         wanted = [w for w in wanted if w[0] in args.name]
-    for name, arch in wanted:
-        image = build_image(name, arch, force=args.force)
-        print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
+    check_writable(cache_dir(), "the cache directory")
+    # A signal raises Interrupted where the build is; the build stops its child process
+    # and removes its work directories on the way out (harness.images.tools.run_step).
+    with RunSignals():
+        for name, arch in wanted:
+            image = build_image(name, arch, force=args.force)
+            print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
     return EXIT_OK
 
 
@@ -803,13 +861,14 @@ def repro_command(args: argparse.Namespace) -> list[str] | None:
         again += ["--out", args.out]
     command = shlex.join([*repro.harness_command(), *again])
     if args.print_only:
-        print(command)
+        print(command)  # exact, for a pipe or a script (the terminal lines below are escaped)
         return None
     result = found.result
     if result.status.ok:
-        print(f"harness repro: note: {result.key} was {result.status.value} in that run",
-              file=sys.stderr)
-    print(f"harness repro: {result.key}: {command}", file=sys.stderr, flush=True)
+        print(f"harness repro: note: {name_safe(result.key)} was {result.status.value} in that "
+              "run", file=sys.stderr)
+    print(f"harness repro: {name_safe(result.key)}: {terminal_safe(command)}", file=sys.stderr,
+          flush=True)
     return again
 
 

@@ -10,19 +10,49 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from harness import environments as envmod
 from harness.errors import (
-    EXIT_INTERRUPTED,
+    EXIT_INFRA,
     EXIT_NO_TESTS,
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
     HarnessError,
+    Interrupted,
+    exit_status_for,
     exit_status_table,
 )
+from harness.outputs import describe, silence, stream_broken
+from harness.textsafe import terminal_safe
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer from `lo` to `hi`, or exit 2 naming the option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+# Ranges of the numeric options. Upper bounds are far above any real use; they keep a
+# typo (a missing unit, an extra digit) from meaning a million guests or a 1 EiB log.
+JOBS = _int_in(1, 1024)
+RETRIES = _int_in(0, 100)
+LOG_CAP_MIB = _int_in(0, 1 << 20)
+SHARD_INDEX = _int_in(0, 1_000_000 - 1)
+TOTAL_SHARDS = _int_in(1, 1_000_000)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -54,10 +84,10 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
                         "module of @guest_test functions; also HARNESS_SUITE_PATH, ':'-separated)")
     p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
                    help="only tests whose name matches (fnmatch; repeatable)")
-    p.add_argument("--shard-index", type=int, metavar="I",
+    p.add_argument("--shard-index", type=SHARD_INDEX, metavar="I",
                    help="run shard I of --total-shards (also TEST_SHARD_INDEX, "
                         "GTEST_SHARD_INDEX); `plan` shows that shard only")
-    p.add_argument("--total-shards", type=int, metavar="N",
+    p.add_argument("--total-shards", type=TOTAL_SHARDS, metavar="N",
                    help="the number of shards; `plan` with this alone shows every shard")
     p.add_argument("--durations-from", metavar="SUMMARY",
                    help="balance shards by the durations in an earlier summary.json")
@@ -80,12 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run tests and write results", epilog=exit_status_table(),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(run)
-    run.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                     help="guests running at once (default: number of cores)")
-    run.add_argument("--retries", type=int, default=0, help="re-run failed tests N times")
+    run.add_argument("--jobs", type=JOBS, default=min(1024, os.cpu_count() or 1),
+                     help="guests running at once, 1 to 1024 (default: number of cores)")
+    run.add_argument("--retries", type=RETRIES, default=0,
+                     help="re-run failed tests N times, 0 to 100")
     run.add_argument("--out", metavar="DIR", help="results directory (default: "
                      "results/<UTC time>, with results/latest pointing at it)")
-    run.add_argument("--log-cap-mib", type=int, default=256,
+    run.add_argument("--log-cap-mib", type=LOG_CAP_MIB, default=256,
                      help="cap each serial log at this size (default 256 MiB; 0: no cap)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--keep", action="store_true",
@@ -203,14 +234,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except ConfigError as e:
-        print(f"harness: {e}", file=sys.stderr)
+        _error(f"harness: {e}")
         return EXIT_USAGE
     except HarnessError as e:
-        print(f"harness: {e}", file=sys.stderr)
+        _error(f"harness: {e}")
+        return e.exit_status
+    except Interrupted as e:
+        _error(f"harness: {e}")
         return e.exit_status
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED["SIGINT"]
+        _error("harness: interrupted")
+        return exit_status_for(signal.SIGINT)
+    except OSError as e:
+        if stream_broken(e):  # `harness plan | head -1`: the reader went away
+            silence(sys.stdout)
+        else:  # the host refused a write (a full disk, a read-only cache): one line
+            _error(f"harness: infrastructure: {describe(e)}")
+        return EXIT_INFRA
+
+
+def _error(line: str) -> None:
+    """An error line: names from the inputs in it are escaped, a closed stderr is no crash."""
+    try:
+        print(terminal_safe(line), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        silence(sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import pexpect.fdpexpect
 from pexpect._async import expect_async
 from pexpect.expect import Expecter, searcher_re
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, OutputError
 from harness.logblocks import BlockTracker
 from harness.profiles import Crash, Profile
 
@@ -143,6 +143,11 @@ class SerialLog:
 
     Writes are unbuffered so that the log is complete even if the harness is killed.
     A cap (bytes) can stop a flooding guest from filling the disk; the cut is noted.
+    A write the host refuses (a full disk, a read-only mount) never raises here, in
+    the middle of pexpect's reading: the log stops at that point, `error` says why in
+    one line, and the console's next wait raises OutputError with it (the test is an
+    infrastructure failure; the guest's output is still read, so the VMM never
+    blocks, and its tail is still kept for the report).
     """
 
     def __init__(self, path: Path, cap: int | None = None) -> None:
@@ -150,11 +155,30 @@ class SerialLog:
         self.cap = cap
         self.written = 0
         self.truncated = False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with us
+        self.error: str | None = None
         self._tail = bytearray()
         self._secrets: list[bytes] = []
         self._held = b""
+        self._file: IO[bytes] | None = self._open(path)
+
+    def _open(self, path: Path) -> IO[bytes]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return open(path, "ab", buffering=0)
+        except OSError as e:
+            raise OutputError(self._describe(e)) from None
+
+    def _describe(self, e: OSError) -> str:
+        return f"cannot write {self.path}: {e.strerror or e}"
+
+    def _put(self, data: bytes) -> None:
+        if self._file is None or self.error is not None:
+            return
+        try:
+            self._file.write(data)
+        except (OSError, ValueError) as e:
+            self.error = self._describe(e) if isinstance(e, OSError) else \
+                f"cannot write {self.path}: {e}"
 
     def redact(self, secret: bytes) -> None:
         """Never let `secret` reach the log: each occurrence is written as x's of its length.
@@ -199,14 +223,14 @@ class SerialLog:
         if self.cap is not None and self.written + len(data) > self.cap:
             room = max(0, self.cap - self.written)
             if room:
-                self._file.write(data[:room])
+                self._put(data[:room])
                 self.written += room
             if not self.truncated:
                 self.truncated = True
-                self._file.write(b"\n[harness: serial log capped at %d bytes; the rest was "
-                                 b"read and discarded]\n" % self.cap)
+                self._put(b"\n[harness: serial log capped at %d bytes; the rest was "
+                          b"read and discarded]\n" % self.cap)
             return len(data)
-        self._file.write(data)
+        self._put(data)
         self.written += len(data)
         return len(data)
 
@@ -215,18 +239,17 @@ class SerialLog:
 
     def redirect(self, path: Path) -> None:
         """Continue the log in another file (the next test on a shared guest)."""
-        self._release()
-        self._file.close()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.close()
         self.path = path
-        self._file = open(path, "ab", buffering=0)  # noqa: SIM115
+        self.error = None
         self._tail.clear()
+        self._file = self._open(path)
 
     def mark(self, text: str) -> None:
         """A visible harness line in the log (boot separators, test boundaries)."""
         self._release()
         line = f"\n===== harness: {text} =====\n".encode()
-        self._file.write(line)
+        self._put(line)
         self._tail += line
 
     def tail(self, n: int = 4096) -> str:
@@ -250,9 +273,27 @@ class SerialLog:
             return f.read()
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None:
             self._release()
-        self._file.close()
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+
+class _LogFailureWatch:
+    """A console pattern that never matches, but ends the wait once the serial log
+    could not be written: pexpect turns the exception raised from a search into the
+    wait's outcome, so a test does not run on (perhaps for its whole deadline) with a
+    log that no longer records anything."""
+
+    def __init__(self, log: SerialLog) -> None:
+        self.log = log
+
+    def search(self, buf: bytes, pos: int = 0) -> re.Match[bytes] | None:
+        if self.log.error is not None:
+            raise OutputError(self.log.error)
+        return None
 
 
 class _LogTee:
@@ -353,13 +394,16 @@ class Console:
         that straddles reads could be missed.
         """
         spawn = self._spawn
+        if self.log.error is not None:
+            raise OutputError(self.log.error)
         if spawn is None or self.eof_seen:
             raise ConsoleEOF(f"console closed while waiting for {what}", self.log.tail())
         compiled = [re.compile(p) if isinstance(p, bytes) else p for p in patterns]
         n = len(compiled)
         watch = [] if self.crash_allowed else [self._crash_watch]
         started = time.monotonic()
-        searcher = _Searcher([*compiled, *watch, pexpect.EOF, pexpect.TIMEOUT], longest)
+        searcher = _Searcher([*compiled, *watch, _LogFailureWatch(self.log), pexpect.EOF,
+                              pexpect.TIMEOUT], longest)
         try:
             index = await expect_async(Expecter(spawn, searcher, None), timeout)
         except BaseException:
@@ -376,7 +420,7 @@ class Console:
             return match
         if watch and index == n:
             await self._raise_crash(spawn, time.monotonic() - started)
-        if index == n + len(watch):
+        if index == n + len(watch) + 1:
             raise ConsoleEOF(f"the VMM closed the console while waiting for {what}",
                              self.log.tail())
         raise ConsoleTimeout(f"no {what} within {timeout:g} s", self.log.tail())

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harness import jsonfile
 from harness.errors import ConfigError
 
 ENGINES = ("qemu", "crosvm")
@@ -41,6 +44,15 @@ DEVICE_OPTIONS: dict[str, dict[str, type]] = {
     "pvpanic": {},
     "xhci": {},
 }
+# Inclusive ranges of the integer options: what the engines can give a guest (crosvm and
+# QEMU's PC have 4 legacy UARTs; a vsock CID below 3 is the host's or reserved).
+OPTION_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("virtio-blk", "size_mib"): (1, 1 << 20),
+    ("virtio-blk", "count"): (1, 16),
+    ("virtio-vsock", "cid"): (3, 0xFFFF_FFFE),
+    ("serial", "count"): (1, 4),
+}
+MAX_FILE = 16 * jsonfile.MiB  # environments.json is a few KiB; anything this big is a mistake
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "environments.json"
 
@@ -143,17 +155,26 @@ class EnvironmentSet:
 class _Checker:
     """Reads typed fields out of a JSON object, raising ConfigError with the exact location."""
 
-    def __init__(self, file: str, entry: str, obj: Any) -> None:
-        self.file, self.entry = file, entry
+    def __init__(self, file: str, entry: str, obj: Any, prefix: str = "") -> None:
+        self.file, self.entry, self.prefix = file, entry, prefix
         if not isinstance(obj, dict):
             self.fail(None, f"expected an object, got {type(obj).__name__}")
         self.obj: dict[str, Any] = obj
+        self.seen: set[str] = set()  # every field asked for: the ones this reader knows
+
+    def done(self) -> None:
+        """Fail on a field nobody asked for: a typo (`memroy_mib`) must not be ignored."""
+        for field in self.obj:
+            if field not in self.seen:
+                self.fail(field, f"unknown field (known: {', '.join(sorted(self.seen))})")
 
     def fail(self, field: str | None, problem: str) -> NoReturn:
-        raise ConfigError(self.file, self.entry, field, problem)
+        where = self.prefix.rstrip(".") or None if field is None else self.prefix + field
+        raise ConfigError(self.file, self.entry, where, problem)
 
     def get(self, field: str, kind: type | tuple[type, ...], default: Any = ..., *,
             choices: tuple[str, ...] | None = None) -> Any:
+        self.seen.add(field)
         if field not in self.obj:
             if default is ...:
                 self.fail(field, "is required")
@@ -206,6 +227,12 @@ def _device_config(file: str, name: str, obj: Any) -> DeviceConfig:
                 c.fail(f"devices.{dev}.{key}", f"unknown option (known: {known})")
             if not isinstance(value, want) or isinstance(value, bool):
                 c.fail(f"devices.{dev}.{key}", f"expected {want.__name__}, got {json.dumps(value)}")
+            lo_hi = OPTION_RANGES.get((dev, key))
+            if lo_hi is not None and isinstance(value, int) and not lo_hi[0] <= value <= lo_hi[1]:
+                c.fail(f"devices.{dev}.{key}",
+                       f"must be from {lo_hi[0]} to {lo_hi[1]}, got {json.dumps(value)}")
+            if want is str and not value:
+                c.fail(f"devices.{dev}.{key}", "must not be empty")
         devices[dev] = dict(opts)
     absent = c.strings("absent", [])
     for i, dev in enumerate(absent):
@@ -213,9 +240,11 @@ def _device_config(file: str, name: str, obj: Any) -> DeviceConfig:
             c.fail(f"absent[{i}]", f"unknown device type '{dev}'")
         if dev in devices:
             c.fail(f"absent[{i}]", f"'{dev}' is both configured and required absent")
-    return DeviceConfig(
+    config = DeviceConfig(
         name=name, devices=devices, absent=absent, description=c.get("description", str, "")
     )
+    c.done()
+    return config
 
 
 def _image(c: _Checker, base: Path) -> ImageRef:
@@ -224,15 +253,39 @@ def _image(c: _Checker, base: Path) -> ImageRef:
         return ImageRef(name=value, product_bundle=True)
     if isinstance(value, str):
         return ImageRef(name=value)
-    ic = _Checker(c.file, c.entry, value)
+    ic = _Checker(c.file, c.entry, value, prefix="image.")
     kernel = base / ic.get("kernel", str)
     initrd_name = ic.get("initrd", str, None)
     initrd = base / initrd_name if initrd_name else None
-    if not kernel.is_file():
-        c.fail("image.kernel", f"kernel file not found: {kernel}")
-    if initrd is not None and not initrd.is_file():
-        c.fail("image.initrd", f"initrd file not found: {initrd}")
-    return ImageRef(name=ic.get("name", str, kernel.name), kernel=kernel, initrd=initrd)
+    problem = _not_a_file(kernel)
+    if problem:
+        c.fail("image.kernel", f"kernel {problem}")
+    problem = _not_a_file(initrd) if initrd is not None else None
+    if problem:
+        c.fail("image.initrd", f"initrd {problem}")
+    ref = ImageRef(name=ic.get("name", str, kernel.name), kernel=kernel, initrd=initrd)
+    ic.done()
+    return ref
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be booted from, or None: a VMM given a directory or /dev/zero as a
+    kernel fails in ways that do not name it."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except OSError as e:
+        return f"file cannot be read: {path}: {e.strerror}"
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not a file: {path}"
+    if not stat.S_ISREG(mode):
+        kind = "a character device" if stat.S_ISCHR(mode) else \
+            "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"is {kind}, not a regular file: {path}"
+    if not os.access(path, os.R_OK):
+        return f"file cannot be read (permission denied): {path}"
+    return None
 
 
 def _environment(
@@ -254,14 +307,14 @@ def _environment(
     if engine == "crosvm" and accel == "tcg":
         c.fail("accel", "crosvm has no TCG: use kvm or auto")
     boot_timeout = c.get("boot_timeout_s", (int, float), 120)
-    if boot_timeout <= 0:
-        c.fail("boot_timeout_s", f"must be positive, got {boot_timeout}")
+    if not 0 < boot_timeout <= 86400:
+        c.fail("boot_timeout_s", f"must be above 0 and at most 86400 s, got {boot_timeout}")
     profile = c.get("profile", str, "linux", choices=PROFILES)
     image = _image(c, base)
     if image.product_bundle and profile != "zircon":
         c.fail("profile", f"image '{PRODUCT_BUNDLE_IMAGE}' boots a Fuchsia build, whose guest "
                           f"is Zircon: the profile must be zircon, got {json.dumps(profile)}")
-    return Environment(
+    environment = Environment(
         name=name,
         dimensions=dimensions,
         tags=c.strings("tags", []),
@@ -280,21 +333,15 @@ def _environment(
         disable_sandbox=c.get("disable_sandbox", bool, True),
         description=c.get("description", str, ""),
     )
+    c.done()
+    return environment
 
 
 def load(path: Path | str | None = None) -> EnvironmentSet:
     """Load and validate an environments file; every problem is a ConfigError (exit 2)."""
     file = Path(path) if path is not None else DEFAULT_FILE
     shown = str(file)
-    try:
-        text = file.read_text()
-    except OSError as e:
-        raise ConfigError(shown, None, None, f"cannot read: {e.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(shown, None, None, f"not valid JSON: {e.msg} at line {e.lineno}, "
-                          f"column {e.colno}") from None
+    data = jsonfile.load(file, MAX_FILE, "environments file", depth=True)
     top = _Checker(shown, "top level", data)
     configs_obj = top.get("device_configs", dict)
     configs = {n: _device_config(shown, n, o) for n, o in configs_obj.items()}
@@ -303,4 +350,5 @@ def load(path: Path | str | None = None) -> EnvironmentSet:
         top.fail("environments", "is empty: name at least one environment")
     base = file.resolve().parent
     envs = {n: _environment(shown, base, n, o, configs) for n, o in envs_obj.items()}
+    top.done()
     return EnvironmentSet(file=file, environments=envs, device_configs=configs)

@@ -13,7 +13,6 @@ import dataclasses
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,8 +32,10 @@ from harness.engines.base import Engine, RunPaths, Vmm, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.exits import ExitInfo, ExitKind
+from harness.folders import safe_name
 from harness.images.model import GuestImage
 from harness.profiles import Crash, Profile, get_profile
+from harness.workdirs import private_workdir
 
 _BOOT_ID = re.compile(rb"boot_id=([0-9a-f-]+)")
 
@@ -64,22 +65,6 @@ class Boot:
     relaunch: bool = False
 
 
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
-
-
-def private_workdir(prefix: str = "harness-") -> Path:
-    """A fresh 0700 directory for sockets and disks in flight; unique per guest and run.
-
-    Control sockets live in it, and a Unix socket path must fit in 108 bytes: when
-    TMPDIR (or XDG_RUNTIME_DIR) is too deep for that, /tmp is used instead.
-    """
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    # mkdtemp adds 8 characters; the longest name placed inside is "control.sock".
-    if len(os.path.join(base, prefix)) + 8 + len("/control.sock") > SOCKET_PATH_MAX:
-        base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-
-
 class Guest:
     def __init__(
         self,
@@ -99,18 +84,19 @@ class Guest:
         self.image = image
         self.setup = setup
         self.profile: Profile = get_profile(env.profile)
-        self.workdir = workdir or private_workdir(f"harness-{env.name[:24]}-")
+        self.workdir = workdir or private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
         self.paths = RunPaths(workdir=self.workdir, disks=tuple(disks))
         try:
             # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
             engine.check_image(env, image)
             self.command_line: list[str] = engine.command(env, image, self.paths, setup)
+            # An unwritable results folder (OutputError) leaves nothing behind either.
+            self.log = SerialLog(serial_log, cap=log_cap)
         except BaseException:
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             raise
-        self.log = SerialLog(serial_log, cap=log_cap)
         self.console = Console(self.log, self.profile)
         self.vmm: Vmm | None = None
         self.boots: list[Boot] = []

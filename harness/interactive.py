@@ -21,6 +21,7 @@ import anyio.abc
 
 from harness.console import Console
 from harness.guest import Guest
+from harness.textsafe import name_safe
 
 ESCAPE = b"\x1d"  # Ctrl-]
 
@@ -105,19 +106,24 @@ async def serve(console: Console, socket_path: Path) -> None:
                 return
 
 
-async def keep_serving(guests: Sequence[Guest], *, say: Callable[[str], None]) -> None:
-    """Keep failed tests' guests running, each console on a socket, until SIGINT/SIGTERM."""
+async def keep_serving(guests: Sequence[Guest], *, say: Callable[[str], None],
+                       until: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Keep failed tests' guests running, each console on a socket, until SIGINT/SIGTERM
+    (or until `until` returns: the run's own signal handling, harness.signals)."""
     async with anyio.create_task_group() as tg:
         for guest in guests:
             sock = guest.workdir / "console.sock"
             tg.start_soon(serve, guest.console, sock)
             pid = guest.vmm.pid if guest.vmm else "?"
-            say(f"kept {guest.env.name} (VMM pid {pid}) after its failure:\n"
+            say(f"kept {name_safe(guest.env.name)} (VMM pid {pid}) after its failure:\n"
                 f"  attach: harness attach {sock}    (Ctrl-] detaches)\n"
                 f"  stop:   Ctrl-C here, or kill -TERM {os.getpid()}")
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
+        if until is not None:
+            await until()
+        else:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
         tg.cancel_scope.cancel()
 
 

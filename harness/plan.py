@@ -41,19 +41,21 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import heapq
+import json
 import logging
 import math
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError
 from harness.fuchsia.build import BundleSet, ProductBundle, boot_skip
 from harness.profiles import get_profile
 from harness.spec import SpecEnvironment, TestSpec, paused_gc
+from harness.textsafe import name_safe
 
 log = logging.getLogger(__name__)
 
@@ -479,12 +481,53 @@ def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | Non
     """The plan's runs in plan order with their shards set (only shard `shard_index`'s when
     one is given), and every shard."""
     _validate(shard_index, total_shards, "arguments")
-    shards = assign_shards(plan.runs, total_shards, durations)
-    by_key = {run.key: run for s in shards for run in s}
-    runs = [by_key[run.key] for run in plan.runs]
+    if total_shards == 1 and all(run.shard == 0 for run in plan.runs):
+        runs, shards = plan.runs, [plan.runs]  # one shard: nothing to sort or assign
+    else:
+        shards = assign_shards(plan.runs, total_shards, durations)
+        by_key = {run.key: run for s in shards for run in s}
+        runs = [by_key[run.key] for run in plan.runs]
     if shard_index is not None:
         runs = [run for run in runs if run.shard == shard_index]
     return runs, shards
+
+
+def _run_json(run: PlannedRun, argv: list[str] | None) -> dict[str, Any]:
+    return {
+        "key": run.key,
+        "test": run.spec.name,
+        "suite": run.spec.suite,
+        "environment": run.environment.name,
+        "engine": run.environment.engine,
+        "arch": run.environment.arch,
+        "device_type": run.environment.device_type,
+        "blocking": run.environment.blocking,
+        "skip_reason": run.skip_reason,
+        "shard": run.shard,
+        "product_bundle": run.bundle_name or None,
+        "bundle_problem": run.bundle_problem,
+        "argv": argv,
+    }
+
+
+def _tail_json(plan: Plan, shards: list[list[PlannedRun]], shard_index: int | None
+               ) -> dict[str, Any]:
+    """What follows the runs: without a shard index, each shard's keys (a CI matrix); with
+    one, which shard the runs are."""
+    shard: dict[str, Any] = (
+        {"shards": [[run.key for run in s] for s in shards]} if shard_index is None
+        else {"shard_index": shard_index, "total_shards": len(shards)})
+    return {
+        **shard,
+        "disabled": [spec.name for spec in plan.disabled],
+        "unmatched": [
+            {"test": spec.name, "index": spec.index, "dimensions": dict(env.dimensions),
+             "tags": list(env.tags)}
+            for spec, env in plan.unmatched
+        ],
+        "duplicates": [{"key": run.key, "index": run.spec.index} for run in plan.duplicates],
+        "notes": list(plan.notes),
+    }
 
 
 def plan_json(
@@ -497,41 +540,36 @@ def plan_json(
     """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null.
 
     With `shard_index`, the runs are that shard's only (what `harness run` with the same
-    shard runs); without, every run, and `shards` lists each shard's keys (a CI matrix).
+    shard runs); without, every run, and `shards` lists each shard's keys.
     """
     runs, shards = _sharded(plan, total_shards, durations, shard_index)
-    shard: dict[str, Any] = (
-        {"shards": [[run.key for run in s] for s in shards]} if shard_index is None
-        else {"shard_index": shard_index, "total_shards": total_shards})
-    return {
-        "runs": [
-            {
-                "key": run.key,
-                "test": run.spec.name,
-                "suite": run.spec.suite,
-                "environment": run.environment.name,
-                "engine": run.environment.engine,
-                "arch": run.environment.arch,
-                "device_type": run.environment.device_type,
-                "blocking": run.environment.blocking,
-                "skip_reason": run.skip_reason,
-                "shard": run.shard,
-                "product_bundle": run.bundle_name or None,
-                "bundle_problem": run.bundle_problem,
-                "argv": argv_for(run),
-            }
-            for run in runs
-        ],
-        **shard,
-        "disabled": [spec.name for spec in plan.disabled],
-        "unmatched": [
-            {"test": spec.name, "index": spec.index, "dimensions": dict(env.dimensions),
-             "tags": list(env.tags)}
-            for spec, env in plan.unmatched
-        ],
-        "duplicates": [{"key": run.key, "index": run.spec.index} for run in plan.duplicates],
-        "notes": list(plan.notes),
-    }
+    return {"runs": [_run_json(run, argv_for(run)) for run in runs],
+            **_tail_json(plan, shards, shard_index)}
+
+
+def write_plan_json(
+    plan: Plan,
+    argv_for: Callable[[PlannedRun], list[str] | None],
+    out: TextIO,
+    total_shards: int = 1,
+    durations: Mapping[str, float] | None = None,
+    shard_index: int | None = None,
+) -> int:
+    """`plan_json`'s document written to `out` one run at a time; how many runs it holds.
+
+    Building the whole document first costs memory and time in proportion to
+    every run's argv (50,000 runs: 1.6 GB and a minute); written run by run, the
+    runs the plan already holds are the only large thing in memory.
+    """
+    runs, shards = _sharded(plan, total_shards, durations, shard_index)
+    out.write('{\n "runs": [')
+    for i, run in enumerate(runs):
+        out.write((",\n  " if i else "\n  ") + json.dumps(_run_json(run, argv_for(run))))
+    out.write("\n ]" if runs else "]")
+    for key, value in _tail_json(plan, shards, shard_index).items():
+        out.write(f",\n {json.dumps(key)}: {json.dumps(value)}")
+    out.write("\n}\n")
+    return len(runs)
 
 
 def plan_text(
@@ -548,14 +586,14 @@ def plan_text(
     rows: list[tuple[str, ...]] = [
         (
             str(run.shard),
-            run.environment.name,
-            run.spec.name,
-            run.spec.suite or "-",
+            name_safe(run.environment.name),
+            name_safe(run.spec.name),
+            name_safe(run.spec.suite) or "-",
             run.environment.engine,
             run.environment.arch,
             "yes" if run.environment.blocking else "no (FYI)",
-            f"skip: {run.skip_reason}" if run.skip_reason is not None
-            else f"infra fail: {run.bundle_problem}" if run.bundle_problem is not None
+            f"skip: {name_safe(run.skip_reason)}" if run.skip_reason is not None
+            else f"infra fail: {name_safe(run.bundle_problem)}" if run.bundle_problem is not None
             else "run",
         )
         for run in runs
@@ -575,11 +613,12 @@ def plan_text(
              f" on {total_shards} shards" if total_shards > 1 else "")
     lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped){where}")
     if plan.disabled:
-        lines.append(f"disabled (no environments): {', '.join(s.name for s in plan.disabled)}")
+        lines.append("disabled (no environments): "
+                     + ", ".join(name_safe(s.name) for s in plan.disabled))
     for spec, env in plan.unmatched:
         dims = ", ".join(f"{k}={v}" for k, v in sorted(env.dimensions.items()))
-        lines.append(f"no environment matches {spec.name} [{dims}]")
+        lines.append(f"no environment matches {name_safe(spec.name)} [{name_safe(dims)}]")
     for run in plan.duplicates:
-        lines.append(f"duplicate ignored: entry {run.spec.index} {run.key}")
-    lines.extend(plan.notes)
+        lines.append(f"duplicate ignored: entry {run.spec.index} {name_safe(run.key)}")
+    lines.extend(name_safe(note) for note in plan.notes)
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 
+from harness.outputs import write_file
 from harness.parsers import FORMATS, detect
 from harness.results import Status
 from harness.suite import TestContext
@@ -22,7 +23,7 @@ async def run_program(t: TestContext) -> None:
     args = t.params.get("args") or []
     command = shlex.join([spec.path, *[str(a) for a in args]])
     result = await t.guest.run(command, timeout=timeout)
-    (t.folder / "program-output.txt").write_text(result.output)
+    write_file(t.folder / "program-output.txt", result.output)
     fmt = t.params.get("format") or detect(result.output)
     t.prop("exit_status", result.status)
     if fmt:

@@ -29,6 +29,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.report.summary import load_summary
 from harness.results import TestResult
+from harness.textsafe import name_safe
 
 SUMMARY = "summary.json"
 REPRO_SCRIPT = "repro.sh"
@@ -63,8 +64,15 @@ def harness_command(argv0: str | None = None, executable: str | None = None) -> 
 
 
 def exact_glob(name: str) -> str:
-    """A `-k` pattern that matches `name` only, even when it holds `*`, `?` or `[`."""
-    return glob.escape(name)
+    """A `-k` pattern that matches `name` only, even when it holds `*`, `?` or `[`.
+
+    Two more things make it safe on a command line a person reads and pastes: a
+    control character (an escape sequence, a newline) becomes `?`, which matches it
+    and is inert on a terminal; and a leading `-` becomes `[-]`, which matches a
+    dash but is not taken by argparse for an option (a test named `--help` or `-k`).
+    """
+    pattern = "".join("?" if name_safe(c) != c else c for c in glob.escape(name))
+    return "[-]" + pattern[1:] if pattern.startswith("-") else pattern
 
 
 def write_repro_script(out_dir: Path, result: TestResult) -> str | None:

@@ -3,8 +3,10 @@
 Tests that may share a guest run one after another on a single boot per
 environment; the rest get a guest each. Every guest runs under the capacity
 limiter, so `--jobs N` bounds the number of VMMs alive at once. A result is
-written to disk as soon as it exists, so an interrupt or a crash of the
-harness itself never loses what already finished.
+on disk before its progress line is printed (harness.recorder), so an
+interrupt or a crash of the harness itself never loses what already finished.
+Signals are not handled here: whoever runs the Runner (harness.app) calls
+`interrupt` and `hurry`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import inspect
 import os
 import secrets
 import shlex
-import signal
-import sys
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -32,21 +33,26 @@ from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
 from harness.disks import make_disks
 from harness.engines.base import Engine, VmmSetup
 from harness.environments import Environment
-from harness.errors import HarnessError
+from harness.errors import HarnessError, OutputError
+from harness.folders import run_folders, safe_name
 from harness.fuchsia import boottest, serialtester
-from harness.fuchsia.build import describe
+from harness.fuchsia.build import describe as describe_bundle
 from harness.fuchsia.tefmocheck import synthetic_results
-from harness.guest import BootTimeout, Guest, GuestExited, private_workdir
+from harness.guest import BootTimeout, Guest, GuestExited
 from harness.images.model import GuestImage
+from harness.outputs import Terminal, describe, write_file
 from harness.plan import PlannedRun, run_environment
 from harness.profiles import get_profile
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
 from harness.programs import run_program
+from harness.recorder import Recorder
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
 from harness.spec import TestSpec
+from harness.stoptoken import Stopped
 from harness.suite import Skip, SuiteTest, TestContext
-from harness.textsafe import terminal_safe
+from harness.textsafe import name_safe, terminal_safe
+from harness.workdirs import private_workdir
 
 
 @dataclasses.dataclass
@@ -66,6 +72,7 @@ class RunOptions:
     boot_test_repro_base: Sequence[str] = ()
     # What bundle image paths in reports are relative to (the build directory).
     bundle_base: Path | None = None
+    terminal: Terminal | None = None  # where progress goes (default: stderr, if `progress`)
 
 
 def _now() -> dt.datetime:
@@ -93,7 +100,6 @@ class Runner:
         options: RunOptions,
         *,
         image_for: Callable[[Environment], GuestImage],
-        on_result: Callable[[RunResult], None] | None = None,
         accel: Accel | None = None,
     ) -> None:
         self.runs = list(runs)
@@ -102,7 +108,7 @@ class Runner:
         self.opt = options
         self.image_for = image_for
         self.accel = accel or Accel()
-        self.on_result = on_result
+        self.term = options.terminal or Terminal(enabled=options.progress)
         self.results: dict[str, TestResult] = {}
         # The crash scan's synthetic tests (tefmocheck), by the key of the test whose logs
         # they come from; reported right after it.
@@ -115,29 +121,67 @@ class Runner:
         self.tap_locks: dict[str, anyio.Lock] = {}
         self.started = _now()
         self._t0 = time.monotonic()
-        self._last_write = 0.0
+        self._scope: anyio.CancelScope | None = None  # the tests' scope: `interrupt` cancels it
+        self.folders = run_folders((r.environment.name, r.spec.name) for r in self.runs)
+        self.output_errors: list[str] = []  # host failures (a full disk...): exit status 3
+        self.recorder: Recorder | None = None
+        self._finished_count = 0
 
     # -- public --------------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        self.opt.out_dir.mkdir(parents=True, exist_ok=True)
+        """Run every test; the results are on disk (or `output_errors` says why not)."""
+        try:
+            self.opt.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the results directory: {describe(e)}") from None
         for r in self.runs:
             self.results[r.key] = self._blank(r)
+        recorder = self.recorder = Recorder([self.results[r.key] for r in self.runs],
+                                            self.opt.out_dir, self.term, self.started)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._watch_signals, outer.cancel_scope)
-            async with anyio.create_task_group() as tg:
-                for group in self._groups():
-                    tg.start_soon(self._run_group, group)
-            outer.cancel_scope.cancel()
-        for r in self.runs:
-            res = self.results[r.key]
-            if not res.attempts:
-                why = f"not run: {self.interrupted}" if self.interrupted else "not run"
-                res.attempts.append(Attempt(Status.ABORT, message=why))
-        result = self.snapshot()
-        if self.on_result:
-            self.on_result(result)
+            outer.start_soon(recorder.serve)
+            self._scope = anyio.CancelScope()
+            if self.interrupted is not None:
+                self._scope.cancel()
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    for group in self._groups():
+                        tg.start_soon(self._run_group, group)
+            for r in self.runs:
+                res = self.results[r.key]
+                if not res.attempts:
+                    why = f"not run: {self.interrupted}" if self.interrupted else "not run"
+                    res.attempts.append(Attempt(Status.ABORT, message=why))
+            result = self.snapshot()
+            error = await recorder.close(result)
+        if error is not None:
+            self._output_error(error)
+        if self.term.error is not None:
+            self._output_error(self.term.error)
         return result
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the run in order: cancel every test, tear every guest down, write results.
+
+        Callable from the event loop at any time, before `run` too."""
+        if self.interrupted is None:
+            self.interrupted = reason
+            self.term.say(f"\nharness: {reason}: stopping every guest and writing the results",
+                          always=True)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def hurry(self, reason: str) -> None:
+        """A repeated interrupt: say so (the caller kills image builds' children at once)."""
+        self.term.say(f"harness: {reason} again: hurrying; the results are still written and "
+                      "the work directories removed", always=True)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _output_error(self, line: str) -> None:
+        if line not in self.output_errors:
+            self.output_errors.append(line)
 
     def snapshot(self) -> RunResult:
         results: list[TestResult] = []
@@ -171,14 +215,6 @@ class Runner:
         # Long groups first: they bound the run's wall time.
         return sorted(shared.values(), key=len, reverse=True) + groups
 
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                self.interrupted = f"interrupted by {signal.Signals(signum).name}"
-                self._say(f"\n{self.interrupted}: stopping every guest and writing results")
-                scope.cancel()
-                return
-
     async def _env_state(self, env: Environment) -> _EnvState:
         state = self.envs.setdefault(env.name, _EnvState())
         async with state.lock:
@@ -192,12 +228,26 @@ class Runner:
                         state.setup = await self.accel.resolve(engine, env)
                     except HarnessError as e:  # EnvironmentUnavailable, and a probe's error
                         state.unavailable = str(e)
+                    except OSError as e:  # the KVM verdict's cache, for one
+                        state.image_error = f"host error: {describe(e)}"
+                        self._output_error(state.image_error)
                 # A product bundle is each run's own (PlannedRun.bundle), not the environment's.
-                if state.unavailable is None and not env.image.product_bundle:
+                if (state.unavailable is None and state.image_error is None
+                        and not env.image.product_bundle):
                     try:
                         state.image = await anyio.to_thread.run_sync(self.image_for, env)
+                    except Stopped:
+                        # The run was interrupted mid-build: not the image's fault. The
+                        # next checkpoint raises the cancellation that interrupted it.
+                        state.checked = False
+                        await anyio.lowlevel.checkpoint()
+                        state.checked = True
+                        state.image_error = "the image build was stopped"
                     except HarnessError as e:
                         state.image_error = str(e)
+                    except OSError as e:
+                        state.image_error = f"cannot build the image: {describe(e)}"
+                        self._output_error(state.image_error)
         return state
 
     def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[None]:
@@ -232,8 +282,9 @@ class Runner:
             if attempt.status.ok or self.interrupted:
                 break
             if n < self.opt.retries:
-                self._say(f"        retrying {run.key} (attempt {n + 2} of "
-                          f"{self.opt.retries + 1})")
+                assert self.recorder is not None
+                self.recorder.say(f"        retrying {name_safe(run.key)} (attempt {n + 2} of "
+                                  f"{self.opt.retries + 1})")
         # Fuchsia's crash scan over the finished test's logs (which can be large: off the
         # event loop): what it finds becomes synthetic tests next to this one.
         scan = functools.partial(synthetic_results, result, self.opt.out_dir,
@@ -245,11 +296,9 @@ class Runner:
     # -- one attempt ---------------------------------------------------------------------------
 
     def _folder(self, run: PlannedRun, n: int) -> Path:
-        folder = self.opt.out_dir / safe_name(run.environment.name) / safe_name(run.spec.name)
-        if n:
-            folder = folder / f"attempt-{n + 1}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
+        """The attempt's folder (made when something is written to it)."""
+        folder = self.opt.out_dir / self.folders[(run.environment.name, run.spec.name)]
+        return folder / f"attempt-{n + 1}" if n else folder
 
     async def _attempt(self, run: PlannedRun, n: int, shared: Guest | None, *, sharing: bool
                        ) -> tuple[Attempt, Guest | None]:
@@ -258,8 +307,6 @@ class Runner:
         attempt = Attempt(Status.PASS, start_time=_now())
         t0 = time.monotonic()
         result = self.results[run.key]
-        result.folder = str(folder.relative_to(self.opt.out_dir).parts[0]) + "/" + \
-            safe_name(run.spec.name)
         if run.bundle_name:
             # Named on every attempt, so JUnit and summary.json say which bundle even of a
             # run that was skipped or could not boot it.
@@ -284,8 +331,8 @@ class Runner:
                 attempt.message = f"{env.name} boots a product bundle, and the run has none"
                 return attempt, shared
             image = run.bundle.image(env.arch)
-            attempt.properties.update(describe(run.bundle, self.opt.bundle_base
-                                               or run.bundle.directory))
+            attempt.properties.update(describe_bundle(run.bundle, self.opt.bundle_base
+                                                      or run.bundle.directory))
         elif state.image_error or state.image is None:
             attempt.status, attempt.message = cannot_run(
                 env, f"guest image unavailable: {state.image_error}")
@@ -309,6 +356,7 @@ class Runner:
             accel = run.spec_environment.accel if run.spec_environment else ""
             timeout = boottest.timeout_s(run.spec.timeout_secs, accel)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             if run.spec.is_boot_test:
                 guest = self._new_guest(self._boot_environment(run), engine, image, setup,
                                         folder)
@@ -375,8 +423,14 @@ class Runner:
         except TimeoutError:
             attempt.status = Status.ABORT
             attempt.message = f"test deadline of {timeout:g} s exceeded"
+        except OutputError as e:  # the serial log could not be written
+            attempt.status, attempt.message = Status.INFRA_FAIL, str(e)
+            self._output_error(str(e))
         except HarnessError as e:
             attempt.status, attempt.message = Status.INFRA_FAIL, str(e)
+        except OSError as e:  # the host refused a file, a directory, a process: one line
+            attempt.status, attempt.message = Status.INFRA_FAIL, f"host error: {describe(e)}"
+            self._output_error(attempt.message)
         except anyio.get_cancelled_exc_class():
             attempt.status = Status.ABORT
             attempt.message = self.interrupted or "cancelled"
@@ -389,12 +443,25 @@ class Runner:
             attempt.message = f"harness error: {type(e).__name__}: {e}"
             attempt.details = traceback.format_exc()
         await self._wrap_up(attempt, guest, keep, folder, t0)
+        if attempt.status in (Status.PASS, Status.FAIL) and guest is not None \
+                and guest.log.error is not None:
+            # The test passed or failed on what it saw, but its log is cut short where
+            # the disk refused it: the result cannot be backed by its evidence.
+            attempt.status, attempt.message = Status.INFRA_FAIL, guest.log.error
+            self._output_error(guest.log.error)
+            if keep is guest:
+                await guest.close()
+                keep = None
         return attempt, keep
 
     def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, setup: VmmSetup,
                    folder: Path) -> Guest:
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
-        disks = make_disks(env, workdir)
+        try:
+            disks = make_disks(env, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         guest = Guest(env, engine, image, folder / "serial.log", setup=setup, workdir=workdir,
                       disks=disks, log_cap=self.opt.log_cap, own_workdir=True)
         if env.entropy_mixin:
@@ -411,8 +478,8 @@ class Runner:
 
     @staticmethod
     def _write_command(folder: Path, guest: Guest) -> None:
-        (folder / "vmm-command.txt").write_text(
-            redact(shlex.join(guest.command_line), guest.env.entropy_mixin) + "\n")
+        write_file(folder / "vmm-command.txt",
+                   redact(shlex.join(guest.command_line), guest.env.entropy_mixin) + "\n")
 
     async def _boot_test(self, run: PlannedRun, guest: Guest, attempt: Attempt,
                          timeout: float) -> None:
@@ -453,7 +520,13 @@ class Runner:
             return
         err = redact(guest.vmm_stderr(1 << 20), secret)  # before close() removes the workdir
         if err:
-            (folder / "vmm-stderr.log").write_text(err)
+            try:
+                write_file(folder / "vmm-stderr.log", err)
+            except OSError as e:
+                line = f"cannot write the VMM's stderr log: {describe(e)}"
+                self._output_error(line)
+                if attempt.status in (Status.PASS, Status.FAIL, Status.SKIP):
+                    attempt.status, attempt.message = Status.INFRA_FAIL, line
         if (self.opt.keep_failed and guest.running and not self.interrupted
                 and attempt.status not in (Status.PASS, Status.SKIP)):
             self.kept.append(guest)
@@ -461,30 +534,33 @@ class Runner:
         await guest.close()
 
     def _finished(self, result: TestResult, found: list[TestResult]) -> None:
+        """`result` is final: record it (with what the crash scan found in its logs), and
+        print it once it is on disk."""
         if found:
             self.synthetic[result.key] = found
-        line = (self.opt.progress_line or progress_line)(result, self._done(), len(self.runs))
-        if line:
-            self._say(line)
+        self._finished_count += 1
+        line = (self.opt.progress_line or progress_line)(result, self._finished_count,
+                                                          len(self.runs))
+        lines = [line] if line else []
         for s in found:
-            self._say(f"        {'FLAKY' if s.flaky else s.status.value}: {s.test}: "
-                      f"{terminal_safe(s.attempts[0].message)[:200]}")
+            lines.append(f"        {'FLAKY' if s.flaky else s.status.value}: "
+                         f"{name_safe(s.test)}: {terminal_safe(s.attempts[0].message)[:200]}")
         if not result.status.ok and result.repro:
-            self._say(f"        repro: {result.repro}")
+            # Escaped for the terminal; repro.sh holds the exact line.
+            lines.append(f"        repro: {terminal_safe(result.repro)}")
             # issue 5: the repro line also goes in the test's folder, as repro.sh.
             try:
                 script = write_repro_script(self.opt.out_dir, result)
             except OSError as e:
-                self._say(f"        cannot write repro.sh: {e}")
+                line = f"cannot write {self.opt.out_dir / result.folder / REPRO_SCRIPT}: " \
+                    f"{e.strerror or e}"
+                lines.append(f"        {line}")
+                self._output_error(line)
             else:
                 if script and result.attempts:
                     result.final.artifacts[REPRO_SCRIPT] = script
-        if self.on_result and time.monotonic() - self._last_write > 0.5:
-            self._last_write = time.monotonic()
-            self.on_result(self.snapshot())
-
-    def _done(self) -> int:
-        return sum(1 for r in self.results.values() if r.attempts)
+        assert self.recorder is not None
+        self.recorder.finished(result, lines, found)
 
     def _blank(self, r: PlannedRun) -> TestResult:
         test = self.tests.get(r.spec.name)
@@ -498,6 +574,7 @@ class Runner:
             blocking=env.blocking,
             label=r.spec.label,
             tags={"device_type": env.device_type, "devices": env.devices.name},
+            folder=self.folders[(env.name, r.spec.name)],
             source=(inspect.getsourcefile(test.func) or "") if test else "",
         )
         if r.spec.is_boot_test and self.opt.boot_test_repro_base:
@@ -505,13 +582,12 @@ class Runner:
             res.repro = shlex.join([*self.opt.boot_test_repro_base, r.spec.name,
                                     *boottest.repro_arguments(env)])
         elif self.opt.repro_base:
-            res.repro = shlex.join([*self.opt.repro_base, "--env", env.name,
+            # A name starting with "-" would read as an option: `--env=NAME`, and the glob
+            # starts with "[-]" (see exact_glob).
+            env_arg = [f"--env={env.name}"] if env.name.startswith("-") else ["--env", env.name]
+            res.repro = shlex.join([*self.opt.repro_base, *env_arg,
                                     "-k", exact_glob(r.spec.name)])  # issue 5: escaped
         return res
-
-    def _say(self, line: str) -> None:
-        if self.opt.progress:
-            print(line, file=sys.stderr, flush=True)
 
 
 def cannot_run(env: Environment, reason: str) -> tuple[Status, str]:
@@ -553,8 +629,8 @@ def spec_params(spec: TestSpec) -> dict[str, Any]:
 def progress_line(result: TestResult, done: int, total: int) -> str:
     status = "FLAKY" if result.flaky else result.status.value
     width = len(str(total))
-    line = (f"[{done:>{width}}/{total}] {status:<10} {result.environment:<16} {result.test} "
-            f"({result.duration_s:.1f} s)")
+    line = (f"[{done:>{width}}/{total}] {status:<10} {name_safe(result.environment):<16} "
+            f"{name_safe(result.test)} ({result.duration_s:.1f} s)")
     if result.status != Status.PASS and result.final.message:
         line += f": {terminal_safe(result.final.message)[:200]}"
     return line
@@ -563,12 +639,6 @@ def progress_line(result: TestResult, done: int, total: int) -> str:
 def redact(text: str, secret: str) -> str:
     """`text` with `secret` written as x's (Zircon redacts its entropy mixin the same way)."""
     return text.replace(secret, "x" * len(secret)) if secret and text else text
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe form of a test or environment name (guest text never picks paths)."""
-    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".")
-    return out[:120] or "_"
 
 
 def _first_line(text: str) -> str:

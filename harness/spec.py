@@ -28,10 +28,11 @@ import contextlib
 import dataclasses
 import gc
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from harness import jsonfile
 from harness.errors import ConfigError
 
 # Fields the loader reads; anything else in an entry or its "test" object goes to `extra`.
@@ -47,6 +48,9 @@ PATH_SUITE = "path"
 # Suite name of boot tests (`is_boot_test`): the booted system is the test; `path` is a host
 # script (harness.fuchsia.boottest).
 BOOT_TEST_SUITE = "boot_test"
+
+# Fuchsia's largest tests.json is tens of MiB; this leaves room and still fits in memory.
+MAX_TESTS_JSON = 256 * jsonfile.MiB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +246,52 @@ def _environment(e: _Entry, i: int, obj: Any) -> SpecEnvironment:
     return SpecEnvironment(dimensions, tags, emulator)
 
 
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _int_in(lo: int, hi: int) -> tuple[str, Callable[[Any], bool]]:
+    return f"an integer from {lo} to {hi}", lambda v: type(v) is int and lo <= v <= hi
+
+
+def _positive(hi: float) -> tuple[str, Callable[[Any], bool]]:
+    return f"a number of seconds above 0, at most {hi:g}", \
+        lambda v: _is_number(v) and 0 < v <= hi
+
+
+# Fields Fuchsia's format does not define but the harness reads (harness.runner.spec_params,
+# then harness.programs and the suites), allowed on the entry or on its "test" object. Their
+# types and ranges are checked here, so a mistake is an error naming the field when the file
+# is loaded, never a test that runs wrongly: "args": "hello" would otherwise run `h e l l o`.
+_PARAMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "args": ("a list of strings (a program's arguments)",
+             lambda v: type(v) is list and all(type(a) is str or _is_number(a) for a in v)),
+    "format": ("a string", lambda v: type(v) is str),
+    "isolated": ("true or false", lambda v: type(v) is bool),
+    "reboot_cycles": _int_in(1, 1000),
+    "blk_load_mib": _int_in(1, 65536),
+    "balloon_mib": _int_in(1, 1 << 20),
+    "balloon_deadline_s": _positive(86400),
+    "rtc_tolerance_s": _positive(86400),
+    "test_bpf_args": ("a string", lambda v: type(v) is str),
+    "core_tests_path": ("a string", lambda v: type(v) is str),
+}
+
+
+def _check_params(e: _Entry, extra: Mapping[str, Any]) -> None:
+    for field, value in extra.items():
+        rule = _PARAMS.get(field.removeprefix("test."))
+        if rule is not None and not rule[1](value):
+            e.wrong(field, rule[0], value)
+        if type(value) is dict or type(value) is list:
+            # Kept without being looked into; a value nested hundreds deep would make
+            # whatever later reads it recurse out of stack (entry, test, field: level 3).
+            try:
+                jsonfile.check_depth(value, e.file, start=3)
+            except ConfigError as err:
+                e.fail(field, err.problem)
+
+
 def _entry(file: str, index: int, obj: Any) -> TestSpec:
     e = _Entry(file, index)
     if type(obj) is not dict:
@@ -280,6 +330,8 @@ def _entry(file: str, index: int, obj: Any) -> TestSpec:
         extra.update((k, v) for k, v in obj.items() if k not in _ENTRY_FIELDS)
     if not _TEST_FIELDS.issuperset(test):
         extra.update((f"test.{k}", v) for k, v in test.items() if k not in _TEST_FIELDS)
+    if extra:
+        _check_params(e, extra)
 
     return TestSpec(
         name=name,
@@ -309,16 +361,6 @@ def parse_specs(data: Any, file: str = "<tests.json>") -> list[TestSpec]:
 def load_specs(path: Path | str) -> list[TestSpec]:
     """Read a tests.json file; every problem is a ConfigError (exit status 2)."""
     file = str(path)
-    try:
-        text = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(file, None, None, f"cannot read: {e.strerror}") from None
+    text = jsonfile.read_input(path, MAX_TESTS_JSON, "tests.json")
     with paused_gc():
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(file, None, None, f"not valid JSON: {e.msg} at line {e.lineno}, "
-                              f"column {e.colno}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(file, None, None, f"not valid UTF-8 text: {e.reason}") from None
-        return parse_specs(data, file)
+        return parse_specs(jsonfile.parse(text, file), file)

@@ -71,6 +71,10 @@ _TERMINAL_TABLE = _escape_table(
     (0x2066, 0x2069),
 )
 
+# For a name (of a test, an environment) on one line of a terminal: the same, plus
+# newline and tab, which would split a progress line or shift its columns.
+_NAME_TABLE = MappingProxyType({**_TERMINAL_TABLE, 0x09: "\\x09", 0x0A: "\\x0a"})
+
 # Serial consoles end lines with "\r\n" and busybox with "\r\r\n"; both are one newline.
 _CONSOLE_NEWLINE = re.compile(r"\r+\n")
 
@@ -108,6 +112,17 @@ def terminal_safe(s: str) -> str:
     (which would overwrite the line) and is shown as `\\x0d`.
     """
     return normalize_newlines(s).translate(_TERMINAL_TABLE)
+
+
+def name_safe(s: str) -> str:
+    """A name from tests.json or environments.json made inert for one terminal line.
+
+    Names are data as much as guest output is: a test named with an escape sequence
+    could retitle the window or clear the screen where its progress line is printed,
+    and a newline in it could forge a line. Every control character is escaped.
+    """
+    # Most names hold nothing to escape; isprintable() says so without a copy.
+    return s if s.isprintable() else s.translate(_NAME_TABLE)
 
 
 def head_tail(s: str, limit_bytes: int, head_bytes: int, *, where: str = "") -> str:

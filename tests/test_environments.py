@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_cli_exits_2_with_the_location(tmp_path: Path, good: dict) -> None:
 def test_private_workdir_falls_back_when_sockets_would_not_fit(tmp_path: Path, monkeypatch) -> None:
     import os
 
-    from harness.guest import SOCKET_PATH_MAX, private_workdir
+    from harness.workdirs import SOCKET_PATH_MAX, private_workdir
 
     deep = tmp_path / ("d" * 90)
     deep.mkdir()
@@ -149,4 +150,4 @@ def test_private_workdir_falls_back_when_sockets_would_not_fit(tmp_path: Path, m
         assert str(work).startswith("/tmp/")
         assert os.stat(work).st_mode & 0o777 == 0o700
     finally:
-        work.rmdir()
+        shutil.rmtree(work)

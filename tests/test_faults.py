@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -60,9 +61,9 @@ def harness_env(tmp: Path) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def _remove_short_tmp(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield
-    link = tmp_path / "t"
-    if link.is_symlink():
-        shutil.rmtree(link.resolve(), ignore_errors=True)
+    for link in [tmp_path / "t", *tmp_path.glob("*/t")]:  # two-run tests make one each
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
 
 
 def run_harness(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -302,3 +303,286 @@ def test_harness_killed_with_sigkill_takes_its_vmms_along(tmp_path: Path) -> Non
     while vmm_pids(tmp_path / "t") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not vmm_pids(tmp_path / "t"), "VMMs outlived a SIGKILLed harness"
+
+
+# -- durable results, signals, output errors, names (issue 16) -------------------------------
+
+
+def start_harness(tmp: Path, tests: Path, *args: str, out: str = "out",
+                  quiet: bool = True, **popen: Any) -> subprocess.Popen[str]:
+    env = harness_env(tmp)
+    env.pop("HARNESS_CROSVM", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", *(["--quiet"] if quiet else []),
+         "--out", str(tmp / out), "--tests", str(tests), "--env", ENV, *args],
+        cwd=ROOT, env=env, text=True, **{"stdout": subprocess.PIPE,
+                                         "stderr": subprocess.PIPE, **popen})
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def leftovers(tmp: Path) -> list[str]:
+    return [p.name for p in (tmp / "t").iterdir()]
+
+
+def test_sigkill_right_after_a_pass_keeps_every_reported_result(tmp_path: Path) -> None:
+    """Killed the moment the third PASS is printed: the files say PASS for all three (they
+    were written before the lines), the fourth test says it did not finish. The work
+    directory SIGKILL left behind is removed when the next run starts."""
+    tests = write_tests(tmp_path, [
+        *({"name": f"echo{i}", "path": "/bin/echo", "args": [f"token{i}"]} for i in range(3)),
+        {"name": "sleeper", "path": "/bin/sleep", "args": ["600"], "timeout": 900}])
+    proc = start_harness(tmp_path, tests, "--jobs", "1", quiet=False)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith("[3/4] PASS"):
+                proc.kill()
+                break
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any(line.startswith("[3/4] PASS") for line in seen), seen
+    wait_for(lambda: not vmm_pids(tmp_path / "t"), 10, "the VMM to die with the harness")
+    results = summary(tmp_path)
+    for i in range(3):
+        assert results[f"echo{i}"]["result"] == "PASS", results[f"echo{i}"]
+    sleeper = results["sleeper"]
+    assert sleeper["result"] == "ABORT"
+    assert sleeper["harness"]["attempts"][-1]["message"].startswith("did not finish")
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert data["harness_run"]["interrupted"] is True
+    junit_valid(tmp_path)
+    assert leftovers(tmp_path), "SIGKILL leaves the guest's work directory"
+    nothing = subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--out", str(tmp_path / "next"),
+         "--tests", str(tests), "--env", ENV, "-k", "nothing", "--allow-empty"],
+        cwd=ROOT, env=harness_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert nothing.returncode == 0, nothing.stderr
+    assert "removed 1 work directory left by runs that were killed" in nothing.stderr
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("signals", [
+    (signal.SIGINT, signal.SIGINT, signal.SIGINT),
+    (signal.SIGTERM, signal.SIGTERM),
+    (signal.SIGHUP,),
+], ids=["int-int-int", "term-term", "hup-terminal-gone"])
+def test_repeated_signals_and_sighup_still_write_results(
+        tmp_path: Path, signals: tuple[signal.Signals, ...]) -> None:
+    """A guest running and 3,000 tests pending; the signals 0.3 s apart (SIGHUP after the
+    terminal's reader went away, as when a terminal is closed): every result is written,
+    each pending test says what stopped it, nothing is left behind, exit 128 + signal."""
+    tests = write_tests(tmp_path, [
+        {"name": "long", "path": "/bin/sleep", "args": ["600"], "timeout": 900,
+         "isolated": True},
+        *({"name": f"pending{i}", "path": "/bin/true", "isolated": True}
+          for i in range(3000))])
+    proc = start_harness(tmp_path, tests, "--jobs", "1", quiet=False)
+    try:
+        log = tmp_path / "out" / ENV / "long" / "serial.log"
+        wait_for(lambda: log.exists() and b"sleep 600" in log.read_bytes(), 180,
+                 "the long test to run")
+        if signals == (signal.SIGHUP,):
+            assert proc.stderr is not None
+            proc.stderr.close()  # the terminal is gone: later lines get EPIPE
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(0.3)
+            proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signals[0], proc.returncode
+    assert not vmm_pids(tmp_path / "t")
+    assert not leftovers(tmp_path), leftovers(tmp_path)
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert data["harness_run"]["interrupted"] is True
+    assert len(data["tests"]) == 3001
+    reason = f"interrupted by {signals[0].name}"
+    for t in data["tests"]:
+        assert t["result"] == "ABORT", t["name"]
+        assert reason in t["harness"]["attempts"][-1]["message"], t["harness"]["attempts"]
+    junit_valid(tmp_path)
+
+
+def test_closed_stderr_does_not_end_the_run(tmp_path: Path) -> None:
+    """`harness run ... 2>&1 | head -1`: the run goes on, the passing test is recorded,
+    nothing is left, and the exit status says the terminal was lost (3)."""
+    tests = write_tests(tmp_path, [{"name": "hello", "path": "/bin/echo", "args": ["hi"]}])
+    command = (f"{sys.executable} -m harness run --out {tmp_path / 'out'} --tests {tests} "
+               f"--env {ENV} 2>&1 | head -1; echo \"rc=${{PIPESTATUS[0]}}\"")
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=harness_env(tmp_path),
+                          capture_output=True, text=True, timeout=300, check=False)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("harness: 1 test run on 1 environment"), lines
+    assert lines[-1] == "rc=3", lines
+    assert summary(tmp_path)["hello"]["result"] == "PASS"
+    junit_valid(tmp_path)
+    assert not vmm_pids(tmp_path / "t") and not leftovers(tmp_path)
+
+
+def test_full_disk_mid_run_is_an_infrastructure_failure(tmp_path: Path) -> None:
+    """A 1 MiB tmpfs as --out and a test printing 1.2 MB: that test is INFRA_FAIL with one
+    line naming its serial.log (which stops growing at the error), the test before keeps
+    its PASS on disk, the next one is still tried, exit 3, a few lines on stderr."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        tests = write_tests(tmp_path, [
+            {"name": "first", "path": "/bin/echo", "args": ["hi"]},
+            {"name": "big", "path": "/bin/sh", "timeout": 300,
+             "args": ["-c", "yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 1200000"]},
+            {"name": "after", "path": "/bin/echo", "args": ["hi"]}])
+        proc = start_harness(tmp_path, tests, "--jobs", "1", out="mnt/out", quiet=False)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 3, err
+        assert "Traceback" not in err and len(err) < 4000, err
+        log = mnt / "out" / ENV / "big" / "serial.log"
+        assert "INFRA_FAIL qemu-x64-minimal big" in err
+        assert f"cannot write {log}: No space left on device" in err
+        assert "harness: infrastructure:" in err
+        data = json.loads((mnt / "out" / "summary.json").read_text())
+        results = {t["name"]: t for t in data["tests"]}
+        assert results["first"]["result"] == "PASS"
+        size = log.stat().st_size
+        time.sleep(1)
+        assert log.stat().st_size == size  # nothing writes to it any more
+        xmlschema.XMLSchema(str(XSD)).validate(str(mnt / "out" / "junit.xml"))
+        assert not vmm_pids(tmp_path / "t") and not leftovers(tmp_path)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+HOSTILE = {
+    "slash": "a/b", "under": "a_b", "space": "a b",
+    "long1": "L" * 300 + "1", "long2": "L" * 300 + "2",
+    "esc": "esc\x1b[2J\x1b]0;pwned\x07", "nl": "new\nline",
+}
+
+
+def test_result_folders_names_and_repro_lines(tmp_path: Path) -> None:
+    """Colliding, long and hostile names each get a folder of their own with only their
+    own output in it; names reach the terminal escaped; repro.sh of a test named `--help`
+    or `-k` re-selects exactly that test; a reused --out starts clean."""
+    entries = [{"name": name, "path": "/bin/echo", "args": [f"TOKEN-{key}"]}
+               for key, name in HOSTILE.items()]
+    entries += [{"name": "--help", "path": "/bin/false"}, {"name": "-k", "path": "/bin/false"}]
+    tests = write_tests(tmp_path, entries)
+    proc = start_harness(tmp_path, tests, "--jobs", "1", quiet=False)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err  # FYI environment
+    for bad in ("\x1b", "\x07", "\x00"):
+        assert bad not in err
+    assert "esc\\x1b[2J\\x1b]0;pwned\\x07" in err and "new\\x0aline" in err
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    results = {t["name"]: t for t in data["tests"]}
+    folders = {name: results[name]["harness"]["folder"] for name in results}
+    assert len(set(folders.values())) == len(folders)
+    for key, name in HOSTILE.items():
+        assert results[name]["result"] == "PASS", (name, results[name]["result"])
+        output = (tmp_path / "out" / folders[name] / "program-output.txt").read_text()
+        assert output.strip() == f"TOKEN-{key}"
+        log = (tmp_path / "out" / folders[name] / "serial.log").read_bytes()
+        others = [k for k in HOSTILE if k != key and f"TOKEN-{k}\r".encode() in log]
+        assert not others, (name, others)
+    junit_valid(tmp_path)
+    for name in ("--help", "-k"):
+        assert results[name]["result"] == "FAIL"
+        script = (tmp_path / "out" / folders[name] / "repro.sh").read_text()
+        argv = shlex.split(script.split("exec ", 1)[1])
+        at = argv.index("run")
+        plan = subprocess.run([*argv[:at], "plan", "--json", *argv[at + 1:]], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert plan.returncode == 0, plan.stderr
+        assert [r["test"] for r in json.loads(plan.stdout)["runs"]] == [name]
+    # The same --out again (selecting nothing, so no boot): nothing of the first run is left.
+    again = start_harness(tmp_path, tests, "-k", "nothing", "--allow-empty")
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert "held an earlier run; its results were removed" in err
+    assert not (tmp_path / "out" / ENV).exists()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["tests"] == []
+    assert not vmm_pids(tmp_path / "t") and not leftovers(tmp_path)
+
+
+def seeded_cache(tmp: Path) -> Path:
+    """A fresh image cache holding only the downloaded packages (no network needed) and
+    the KVM verdict (no probe boot): a run must build the cloud image first."""
+    home = Path(os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache/crosvm-harness")
+    debs = sorted((home / "downloads").glob("*cloud-amd64*.deb")) + \
+        sorted((home / "downloads").glob("busybox-static_*_amd64.deb"))
+    if len(debs) < 2:
+        pytest.skip("the x86_64 cloud image's packages are not in the cache")
+    cache = tmp / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    for deb in debs:
+        shutil.copy(deb, cache / "downloads" / deb.name)
+    if (home / "kvm-verdict.json").exists():
+        shutil.copy(home / "kvm-verdict.json", cache / "kvm-verdict.json")
+    return cache
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["harness-alone", "terminal-ctrl-c"])
+def test_ctrl_c_during_the_first_image_build(tmp_path: Path, whole_group: bool) -> None:
+    """SIGINT while dpkg-deb unpacks the kernel, to the harness alone or (Ctrl-C at a
+    terminal) to its whole process group: the build's child processes and partial
+    files go, the good .deb stays and is not blamed, the run says it was interrupted."""
+    cache = seeded_cache(tmp_path)
+    deb = next((cache / "downloads").glob("linux-image*.deb"))
+    before = deb.read_bytes()
+    tests = write_tests(tmp_path, [{"name": "hello", "path": "/bin/echo", "args": ["hi"]}])
+    env = harness_env(tmp_path)
+    env["HARNESS_CACHE_DIR"] = str(cache)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", "--out", str(tmp_path / "out"),
+         "--tests", str(tests), "--env", ENV], cwd=ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+    def dpkg() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"dpkg-deb.*{cache}"], capture_output=True,
+                              text=True, check=False).stdout.split()
+
+    try:
+        wait_for(dpkg, 180, "dpkg-deb to unpack the kernel")
+        t0 = time.monotonic()
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    # The build was stopped, not run to its end first (nothing published, and quickly).
+    assert not [p for p in (cache / "images").iterdir() if not p.name.startswith(".")]
+    assert took < 20, f"stopping took {took:.1f} s"
+    assert "Traceback" not in err and "Delete" not in err and "INFRA_FAIL" not in err, err
+    assert not dpkg()
+    left = [p.name for p in cache.rglob(".*") if p.name.startswith((".work-", ".build-", ".apt-"))]
+    assert not left, left
+    assert deb.read_bytes() == before
+    result = summary(tmp_path)["hello"]
+    assert result["result"] == "ABORT"
+    assert result["harness"]["attempts"][-1]["message"] == "not run: interrupted by SIGINT"
+    junit_valid(tmp_path)
+    assert not leftovers(tmp_path)

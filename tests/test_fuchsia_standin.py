@@ -34,8 +34,8 @@ import fuchsia_standin as standin
 import pexpect
 import pytest
 import xmlschema
+from double_verdicts import cache_with_double_verdicts
 
-from harness import environments as envmod
 from harness.profiles.zircon import BOOT_TEST_SUCCESS
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,15 @@ class Run:
 
     @property
     def tests(self) -> dict[str, dict[str, Any]]:
+        """The build's tests (the crash scan's own findings are `synthetic`)."""
+        return {k: t for k, t in self._all().items() if not t["is_testing_failure_mode"]}
+
+    @property
+    def synthetic(self) -> dict[str, dict[str, Any]]:
+        """The tests tefmocheck's scan added for what it found in a test's logs."""
+        return {k: t for k, t in self._all().items() if t["is_testing_failure_mode"]}
+
+    def _all(self) -> dict[str, dict[str, Any]]:
         doc = json.loads((self.out / "summary.json").read_text())
         return {f"{t['harness']['environment']}/{t['name']}": t for t in doc["tests"]}
 
@@ -71,34 +80,6 @@ class Run:
 
     def attempt(self, key: str) -> dict[str, Any]:
         return self.tests[key]["harness"]["attempts"][-1]
-
-
-def private_cache(base: Path) -> Path:
-    """A cache dir with the shared guest images and the double's verdict recorded by hand."""
-    from harness.accel import CACHE_FILE, Accel, Verdict
-    from harness.cache import cache_dir
-    from harness.engines.crosvm import CrosvmEngine
-
-    shared = cache_dir()
-    cache = base / "cache"
-    cache.mkdir()
-    (cache / "images").symlink_to(shared / "images")
-    if (shared / CACHE_FILE).exists():  # the verdicts about this machine's KVM
-        shutil.copy(shared / CACHE_FILE, cache / CACHE_FILE)
-    saved = os.environ.get("HARNESS_CACHE_DIR")
-    os.environ["HARNESS_CACHE_DIR"] = str(cache)
-    try:
-        engine = CrosvmEngine(binary=str(DOUBLE))
-        envs = envmod.load(ROOT / "environments.json")
-        for name in ("fuchsia-crosvm-x64", "fuchsia-crosvm-arm64"):
-            Accel(cache).store(engine, envs.get(name), Verdict(
-                True, "recorded by the test: the crosvm double runs on TCG"))
-    finally:
-        if saved is None:
-            del os.environ["HARNESS_CACHE_DIR"]
-        else:
-            os.environ["HARNESS_CACHE_DIR"] = saved
-    return cache
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +95,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         pytest.skip(f"guest images cannot be built here: {e}")
     tmp = Path(tempfile.mkdtemp(prefix="harness-fuchsia-", dir="/tmp"))
     env = {**os.environ, "HARNESS_CROSVM": str(DOUBLE),
-           "HARNESS_CACHE_DIR": str(private_cache(base)), "TMPDIR": str(tmp)}
+           "HARNESS_CACHE_DIR": str(cache_with_double_verdicts(
+               base, ("fuchsia-crosvm-x64", "fuchsia-crosvm-arm64"))), "TMPDIR": str(tmp)}
     out = base / "results"
     try:
         t0 = time.monotonic()
@@ -138,6 +120,12 @@ HANG = "fuchsia-qemu-arm64/standin-boot-hang-arm64"
 @needs_qemu
 def test_every_run_of_the_build_was_planned_once(run: Run) -> None:
     assert sorted(run.tests) == sorted([*PASSES, FAIL, CRASH, HANG])
+    # The crash's panic banner is in tefmocheck's serial-log checks: as on Fuchsia, the scan
+    # adds its own failed test, attributed to the boot test it was found in.
+    env, name = CRASH.split("/", 1)
+    found = f"{env}/testing_failure_mode/string_in_log/serial_log.txt/ZIRCON_KERNEL_PANIC/{name}"
+    assert sorted(run.synthetic) == [found]
+    assert run.synthetic[found]["result"] == "FAIL"
     # The hang is on a blocking QEMU environment: the run fails.
     assert run.proc.returncode == 1, run.proc.stderr[-3000:]
 
@@ -261,7 +249,8 @@ def test_a_failed_boot_tests_repro_sh_reruns_it_with_run_boot_test(run: Run) -> 
                           text=True, timeout=600, check=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     [summary] = list(again.glob("results/*/summary.json"))
-    [test] = json.loads(summary.read_text())["tests"]
+    [test] = [t for t in json.loads(summary.read_text())["tests"]
+              if not t["is_testing_failure_mode"]]
     assert test["harness"]["environment"] == "fuchsia-crosvm-arm64"
     assert test["harness"]["attempts"][-1]["message"] == run.attempt(CRASH)["message"]
     # And the x86_64 failure's repro.sh is the same command for its test and arch.

@@ -46,11 +46,12 @@ LAYERS: Sequence[tuple[str, Sequence[str]]] = (
               "harness.fuchsia.tefmocheck", "harness.fuchsia.emulator", "harness.report",
               "harness.stability",
               "harness.repro", "harness.plan", "harness.disks", "harness.inventory",
-              "harness.hostcpu", "harness.hostnet")),
+              "harness.hostcpu", "harness.hostnet", "harness.outputs", "harness.recorder",
+              "harness.workdirs", "harness.signals", "harness.stoptoken")),
     ("models", ("=harness", "=harness.fuchsia", "harness.fuchsia.build", "harness.results",
                 "harness.environments", "harness.spec", "harness.errors", "harness.exits",
                 "harness.textsafe", "harness.cache", "=harness.images", "harness.images.model",
-                "harness.expected_devices")),
+                "harness.expected_devices", "harness.folders", "harness.jsonfile")),
 )
 
 DOUBLE_LAYERS: Sequence[tuple[str, Sequence[str]]] = (

@@ -370,7 +370,6 @@ def test_junit_stays_within_the_file_budget(
     monkeypatch.setattr(junit_mod, "FILE_BUDGET", budget)
     if not estimate_overhead:  # a wrong first estimate must be corrected by re-rendering
         monkeypatch.setattr(junit_mod, "_FIXED_PER_TEST", 0)
-        monkeypatch.setattr(junit_mod, "_FIXED_PER_CASE", 0)
     results = []
     for i in range(60):
         r = result(f"t{i}", [Status.FAIL, Status.FAIL])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import xmlschema
+from double_verdicts import cache_with_double_verdicts
 
 from harness.parsers import linux_module
 from harness.suite import default_specs, registry
@@ -94,9 +95,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         args += ["--env", env]
     tmp = Path(tempfile.mkdtemp(prefix="hs-", dir="/tmp"))
     try:
+        cache = cache_with_double_verdicts(base, CROSVM_ENVS)
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=3000,
                               check=False, env={**os.environ, "HARNESS_CROSVM": str(DOUBLE),
-                                                "TMPDIR": str(tmp)})
+                                                "TMPDIR": str(tmp),
+                                                "HARNESS_CACHE_DIR": str(cache)})
         sys.stderr.write(proc.stderr[-20000:])
         yield Run(out, proc, tmp)
     finally:

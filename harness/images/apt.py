@@ -10,11 +10,11 @@ import dataclasses
 import hashlib
 import os
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from harness.images.errors import RETRY_HINT, AptListsMissing, ImageError, PackageDownloadError
+from harness.images.store import work_dir
 from harness.images.tools import run_step
 
 DEBIAN_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
@@ -146,7 +146,7 @@ def download(pkg: DebPackage, downloads: Path) -> Path:
     if dest.is_file() and dest.stat().st_size == pkg.size:
         return dest
     downloads.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=downloads, prefix=".apt-") as tmp:
+    with work_dir(downloads, ".apt-") as tmp:
         try:
             run_step(["apt-get", "download", "-q", pkg.spec], cwd=Path(tmp), timeout=_APT_TIMEOUT_S)
         except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:

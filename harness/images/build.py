@@ -13,12 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import shutil
 import stat
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import stoptoken
 from harness.cache import cache_dir
 from harness.images.apt import (
     DEBIAN_ARCH,
@@ -61,7 +60,8 @@ from harness.images.store import (
     image_from_dir,
     locked,
     publish,
-    remove_stale_workdirs,
+    sweep_cache,
+    work_dir,
     write_atomic,
 )
 
@@ -127,6 +127,7 @@ def _build_into(
     if not busybox.is_file():
         raise ImageError(f"{busybox_deb.name} has no bin/busybox")
 
+    stoptoken.check()
     source_format = install_kernel(vmlinuz, arch, out)
     kernel_elf = install_kernel_elf(out / "kernel", out) if arch == "x86_64" else None
     staging = work / "initramfs"
@@ -142,6 +143,7 @@ def _build_into(
         selection=selection,
         identity=identity,
     )
+    stoptoken.check()
     entries = [*tree_entries(staging), CpioEntry("dev/console", stat.S_IFCHR | 0o600, b"", 5, 1)]
     mtime = source_date_epoch()
     write_initramfs(entries, out / "initrd.cpio.gz", mtime=mtime)
@@ -209,14 +211,12 @@ def build_image(
             downloads = root / "downloads"
             kernel_deb = download(kernel_pkg, downloads)
             busybox_deb = download(busybox_pkg, downloads)
-            remove_stale_workdirs(images)
-            remove_stale_workdirs(root)
-            tmp = Path(tempfile.mkdtemp(dir=images, prefix=".build-"))
-            try:
-                with tempfile.TemporaryDirectory(dir=root, prefix=".work-") as work:
+            sweep_cache(root)
+            with work_dir(images, ".build-") as tmp:
+                with work_dir(root, ".work-") as work:
                     manifest = _build_into(
                         tmp,
-                        Path(work),
+                        work,
                         name=name,
                         arch=arch,
                         digest=digest,
@@ -225,11 +225,10 @@ def build_image(
                         busybox_deb=busybox_deb,
                         busybox_pkg=busybox_pkg,
                     )
+                stoptoken.check()  # a stop during the last step: publish nothing
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
                 tmp.chmod(0o755)
                 publish(tmp, final, force=force)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         index = {"recipe": recipe, "dir": final.name, "digest": digest}
         write_atomic(current_file(images, name, arch), json.dumps(index).encode())
     return image_from_dir(final)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from harness.cache import cache_dir
 from harness.images.model import GuestImage
+from harness.workdirs import owner_alive, write_owner
 
 _STALE_WORKDIR_S = 24 * 3600.0
+_WORK_PREFIXES = (".build-", ".work-", ".apt-")
 
 
 def image_dir_name(name: str, arch: str, digest: str) -> str:
@@ -51,13 +53,49 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def remove_stale_workdirs(parent: Path) -> None:
-    # Leftovers of builds that were killed; live builds are younger than this.
-    cutoff = time.time() - _STALE_WORKDIR_S
-    for leftover in [*parent.glob(".build-*"), *parent.glob(".work-*")]:
+@contextlib.contextmanager
+def work_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary directory in the cache, with an owner record beside it (`NAME.owner`,
+    outside it so that it never ends up in a published image), removed on the way out."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    owner = path.with_name(path.name + ".owner")
+    try:
+        write_owner(owner)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):
-            if leftover.lstat().st_mtime < cutoff:
+            owner.unlink()
+
+
+def remove_stale_workdirs(parent: Path) -> None:
+    """Remove what killed builds left: work directories whose owner process is gone
+    (harness.workdirs), and any older than a day (from before owners were recorded)."""
+    cutoff = time.time() - _STALE_WORKDIR_S
+    try:
+        leftovers = [p for p in parent.iterdir() if p.name.startswith(_WORK_PREFIXES)]
+    except OSError:
+        return
+    for leftover in leftovers:
+        with contextlib.suppress(OSError):
+            if leftover.name.endswith(".owner"):
+                if not leftover.with_name(leftover.name[: -len(".owner")]).exists():
+                    leftover.unlink()
+                continue
+            owner = leftover.with_name(leftover.name + ".owner")
+            stale = (not owner_alive(owner)) if owner.is_file() else \
+                leftover.lstat().st_mtime < cutoff
+            if stale:
                 shutil.rmtree(leftover, ignore_errors=True)
+                owner.unlink(missing_ok=True)
+
+
+def sweep_cache(cache: Path | None = None) -> None:
+    """Remove what killed builds left in the cache (called when a run starts)."""
+    root = cache or cache_dir()
+    for parent in (root, root / "images", root / "downloads"):
+        if parent.is_dir():
+            remove_stale_workdirs(parent)
 
 
 def publish(tmp: Path, final: Path, *, force: bool) -> None:

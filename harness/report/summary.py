@@ -35,6 +35,7 @@ import os
 import posixpath
 import re
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -252,12 +253,16 @@ def _test_entry(run: RunResult, result: TestResult) -> dict[str, Any]:
 
 
 def summary_dict(run: RunResult) -> dict[str, Any]:
-    """The summary.json document for `run` (runtests.TestSummary, plus `harness_run`).
+    """The summary.json document for `run` (runtests.TestSummary, plus `harness_run`)."""
+    return {"tests": [_test_entry(run, r) for r in run.results], **_run_fields(run)}
+
+
+def _run_fields(run: RunResult) -> dict[str, Any]:
+    """Everything in the document after its tests (SummaryRenderer renders tests apart).
 
     `outputs` is omitempty in runtests.go and the harness has no suite-wide outputs.
     """
     return {
-        "tests": [_test_entry(run, r) for r in run.results],
         "harness_run": {
             "format": SUMMARY_FORMAT,
             "interrupted": run.interrupted,
@@ -269,6 +274,50 @@ def summary_dict(run: RunResult) -> dict[str, Any]:
     }
 
 
+def _json(value: Any, indent: str) -> str:
+    """`value` as json.dumps(indent=2) writes it at a nesting of `indent` (JSON text holds
+    no raw newline inside a string, so re-indenting is a plain replace)."""
+    return json.dumps(value, indent=2, ensure_ascii=True).replace("\n", "\n" + indent)
+
+
+class SummaryRenderer:
+    """summary.json from per-test entries it keeps between calls.
+
+    The text is exactly `json.dumps(summary_dict(run), indent=2, ensure_ascii=True)`,
+    but a test's entry is rendered again only when its record changed, so rewriting
+    the file after every finished test costs that test plus joining strings (a
+    3,000-test document takes most of a second to render whole). An entry is only
+    reused for the very same TestResult object (see harness.report.junit.JunitRenderer).
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[TestResult, tuple[object, ...], str]] = {}
+        self.render_s = 0.0  # time spent rendering tests (the rest is joining strings)
+
+    def _entry(self, run: RunResult, r: TestResult) -> str:
+        last = r.attempts[-1] if r.attempts else None
+        key = (str(run.out_dir), len(r.attempts), id(last), r.status, r.folder, r.repro,
+               len(last.cases) if last else 0, len(last.artifacts) if last else 0,
+               r.accel, r.kernel)
+        hit = self._cache.get(id(r))
+        if hit is not None and hit[0] is r and hit[1] == key:
+            return hit[2]
+        t0 = time.perf_counter()
+        text = "    " + _json(_test_entry(run, r), "    ")
+        self.render_s += time.perf_counter() - t0
+        self._cache[id(r)] = (r, key, text)
+        return text
+
+    def document(self, run: RunResult) -> str:
+        live = {id(r) for r in run.results}
+        for k in [k for k in self._cache if k not in live]:
+            del self._cache[k]
+        entries = [self._entry(run, r) for r in run.results]
+        parts = ['"tests": ' + ("[\n" + ",\n".join(entries) + "\n  ]" if entries else "[]")]
+        parts += [f"{json.dumps(k)}: {_json(v, '  ')}" for k, v in _run_fields(run).items()]
+        return "{\n  " + ",\n  ".join(parts) + "\n}\n"
+
+
 def summary_string(run: RunResult) -> str:
     """summary.json as text.
 
@@ -276,7 +325,7 @@ def summary_string(run: RunResult) -> str:
     cannot encode but a JSON `\\udxxx` escape can, so the round trip through
     `load_summary` is exact.
     """
-    return json.dumps(summary_dict(run), indent=2, ensure_ascii=True) + "\n"
+    return SummaryRenderer().document(run)
 
 
 def write_summary(run: RunResult, path: Path) -> None:
