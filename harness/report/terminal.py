@@ -27,7 +27,7 @@ from typing import TextIO
 from harness.report.diff import EnvDiff
 from harness.report.junit import source_file
 from harness.results import RunResult, Status, TestResult
-from harness.textsafe import terminal_safe
+from harness.textsafe import name_safe, terminal_safe
 
 MESSAGE_LIMIT = 200
 ANNOTATION_LIMIT = 50  # GitHub shows only so many per step; the summary lists the rest
@@ -83,7 +83,7 @@ class TerminalReport:
         status = shown_status(result)
         width = len(str(total))
         line = (f"[{done:>{width}}/{total}] {self.paint(f'{status:<10}', status)} "
-                f"{terminal_safe(result.environment):<16} {terminal_safe(result.test)} "
+                f"{name_safe(result.environment):<16} {name_safe(result.test)} "
                 f"({result.duration_s:.1f} s)")
         if result.status != Status.PASS and result.attempts and result.final.message:
             line += f": {one_line(result.final.message)}"
@@ -99,7 +99,7 @@ class TerminalReport:
             lines.append(self.paint(f"skipped {n}, by reason:", "bold"))
             for reason, results in groups:
                 envs = sorted({r.environment for r in results})
-                where = ", ".join(terminal_safe(e) for e in envs[:4]) + (
+                where = ", ".join(name_safe(e) for e in envs[:4]) + (
                     f" and {len(envs) - 4} more" if len(envs) > 4 else "")
                 lines.append(f"  {len(results):>4}  {one_line(reason)} ({where})")
         flaky = [r for r in run.results if r.flaky]
@@ -108,15 +108,15 @@ class TerminalReport:
                                     "bold"))
             for r in flaky:
                 first = next((a for a in r.attempts if not a.status.ok), r.final)
-                lines.append(f"  {self.paint('FLAKY', 'FLAKY')} {terminal_safe(r.environment)} "
-                             f"{terminal_safe(r.test)}: {one_line(first.message)}")
+                lines.append(f"  {self.paint('FLAKY', 'FLAKY')} {name_safe(r.environment)} "
+                             f"{name_safe(r.test)}: {one_line(first.message)}")
         failed = [r for r in run.results if not r.status.ok]
         if failed:
             lines.append(self.paint(f"failed {len(failed)}:", "bold"))
             for r in failed:
                 kind = "" if r.blocking else " (FYI)"
                 lines.append(f"  {self.paint(r.status.value, r.status.value)} "
-                             f"{terminal_safe(r.environment)} {terminal_safe(r.test)}{kind}: "
+                             f"{name_safe(r.environment)} {name_safe(r.test)}{kind}: "
                              f"{one_line(_message(r))}")
                 if r.repro:
                     lines.append(f"      repro: {terminal_safe(r.repro)}")
