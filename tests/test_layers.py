@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: Sequence[tuple[str, Sequence[str]]] = (
     ("cli", ("harness.cli", "harness.__main__")),
     ("app", ("harness.app",)),
-    ("runner", ("harness.runner", "harness.accel", "harness.kvmprobe")),
+    ("runner", ("harness.runner", "harness.verdicts", "harness.accel", "harness.kvmprobe")),
     ("tests", ("suites", "harness.programs", "harness.fuchsia.boottest",
                "harness.fuchsia.serialtester")),
     ("suite api", ("harness.suite",)),

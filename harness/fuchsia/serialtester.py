@@ -51,6 +51,7 @@ from harness.console import Console, ConsoleEOF, ConsoleTimeout
 from harness.environments import Environment
 from harness.errors import ConfigError, HarnessError
 from harness.profiles import get_profile, zircon
+from harness.programs import DEFAULT_TIMEOUT_S
 from harness.spec import TestSpec
 from harness.suite import Guest, Skip, TestContext
 
@@ -59,9 +60,6 @@ START_ATTEMPTS = 3  # startSerialCommandMaxAttempts
 TEST_STARTED_TIMEOUT_S = 15.0  # testStartedTimeout
 # lib.go's testTimeoutGracePeriod: the tester's own deadline is the test's timeout plus this.
 TIMEOUT_GRACE_S = 30.0
-# Fuchsia sets no deadline on a test without timeout_secs; the harness keeps its default
-# deadline for programs, so that a hung guest cannot hold a run forever.
-DEFAULT_TIMEOUT_S = 300.0
 # tools/testing/testrunner/constants: what tefmocheck looks for when the device stops answering.
 FAILED_TO_START = "failed to start test over serial"
 SSH_REASON = ("expects SSH (expects_ssh): Fuchsia runs it with ffx over the target's network; "
@@ -122,6 +120,7 @@ def outer_timeout(spec: TestSpec) -> float:
     """The whole test's deadline: its timeout plus lib.go's grace period."""
     if spec.timeout_secs:
         return float(spec.timeout_secs) + TIMEOUT_GRACE_S
+    # Fuchsia sets none without timeout_secs; the harness keeps its deadline for programs.
     return DEFAULT_TIMEOUT_S
 
 
