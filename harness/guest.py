@@ -38,6 +38,8 @@ from harness.profiles import Crash, Profile, get_profile
 from harness.workdirs import private_workdir
 
 _BOOT_ID = re.compile(rb"boot_id=([0-9a-f-]+)")
+# How long an exited VMM's console is still read for what it wrote last (see wait_exit).
+DRAIN_AFTER_EXIT_S = 2.0
 
 
 class BootTimeout(HarnessError):
@@ -202,12 +204,15 @@ class Guest:
         vmm = self.vmm
         if vmm is None:
             return self.exits[-1]
-        if vmm.returncode is None:
-            with anyio.move_on_after(timeout):
-                # Keep the console drained while waiting, so the VMM never blocks on output.
-                with contextlib.suppress(ConsoleEOF, ConsoleTimeout):
-                    await self.console.expect([re.compile(rb"(?!x)x")], timeout, what="exit")
-                await vmm.wait()
+        # Read the console to its end while waiting: the VMM never blocks on output, and
+        # what the guest said last (`Requesting system poweroff`) reaches the serial log
+        # even when the VMM exited before this wait began. Once it has exited, the end
+        # is near: a process it left holding the console cannot make this wait long.
+        drain = timeout if vmm.returncode is None else min(timeout, DRAIN_AFTER_EXIT_S)
+        with anyio.move_on_after(timeout):
+            with contextlib.suppress(ConsoleEOF, ConsoleTimeout):
+                await self.console.expect([re.compile(rb"(?!x)x")], drain, what="exit")
+            await vmm.wait()
         if vmm.returncode is None:
             tail = self.log.tail()
             await vmm.kill()

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import tty
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ PROMPT = b"harness# "
 BOOT_TIMEOUT_S = 120.0  # TCG on a shared 2-core machine; a boot normally takes 2-6 s
 CONTROL_DEADLINE_S = 8.0  # a refused control request comes back at once, not at a deadline
 MIB = 1024 * 1024
+POLL_S = 0.05  # how often `until` re-checks a state that announces nothing
 
 # x86_64: the cloud kernel (fastest boot; ACPI button and pvpanic modules).
 # arm64: the generic kernel (gpio-keys for the power button; Debian builds no pvpanic).
@@ -159,6 +160,11 @@ class Booted:
     def stderr(self) -> str:
         return self.paths.stderr_log.read_text(errors="replace")
 
+    async def controllable(self) -> bool:
+        """The control socket is there and QEMU runs under the double (it must not have died)."""
+        assert self.vmm.returncode is None, self.stderr()
+        return self.paths.control_socket.exists() and bool(self.qemu_pids())
+
 
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
@@ -167,6 +173,31 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def all_exited(pids: list[int], timeout: float) -> None:
+    """Wait until every process in `pids` has exited: a pidfd becomes readable at the exit
+    itself (a zombie counts), so no polling. Not our children, so they cannot be waited for."""
+    with anyio.fail_after(timeout):
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await anyio.wait_readable(fd)
+            finally:
+                os.close(fd)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Re-check a state that announces nothing (a control socket appearing, a log line, the
+    balloon's report) until it holds; fails with `what` at the deadline."""
+    with anyio.move_on_after(timeout):
+        while not await check():
+            await anyio.sleep(POLL_S)
+        return
+    pytest.fail(f"not within {timeout:g} s: {what}")
 
 
 class EditedEngine(CrosvmEngine):
@@ -319,10 +350,11 @@ async def test_pvpanic_under_the_halt_policy_keeps_crosvm_running(
         assert "0x1b36" in pci and "0x0011" in pci, pci
         os.write(g.console.master, b"echo c > /proc/sysrq-trigger\n")
         await g.console.expect(b"Kernel panic - not syncing", 30)
-        with anyio.fail_after(30):
-            while "Guest reported panic [Code: Guest panicked]" not in g.stderr():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.1)
+        async def recorded() -> bool:
+            assert g.vmm.returncode is None, g.stderr()
+            return "Guest reported panic [Code: Guest panicked]" in g.stderr()
+
+        await until(recorded, 30, "crosvm records the guest's pvpanic")
         # Still running, and still answering control requests.
         await g.vmm.suspend()
         await g.vmm.resume()
@@ -349,21 +381,29 @@ async def test_stop_and_balloon_round_trip(images: dict[str, GuestImage], tmp_pa
         assert 100 * MIB < total_before <= 256 * MIB
 
         await g.vmm.balloon(64 * MIB + 123)  # crosvm rounds down to 4096
-        with anyio.fail_after(30):
-            while (now := await g.vmm.balloon_stats())["balloon_actual"] != 64 * MIB:
-                await anyio.sleep(0.2)
-            # The guest's own view follows once it has handed the pages over.
-            while (total_before - (now := await g.vmm.balloon_stats())["stats"]["total_memory"]
-                   < 60 * MIB):
-                await anyio.sleep(0.2)
+        now: dict[str, Any] = {}
+
+        async def inflated() -> bool:
+            now.update(await g.vmm.balloon_stats())
+            return bool(now["balloon_actual"] == 64 * MIB)
+
+        async def handed_over() -> bool:
+            now.update(await g.vmm.balloon_stats())
+            return bool(total_before - now["stats"]["total_memory"] >= 60 * MIB)
+
+        await until(inflated, 30, "the balloon reaches 64 MiB")
+        # The guest's own view follows once it has handed the pages over.
+        await until(handed_over, 30, "the guest hands 60 MiB over to the balloon")
         meminfo = await g.console.run("grep MemTotal /proc/meminfo")
         kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))  # type: ignore[union-attr]
         assert abs(kib * 1024 - now["stats"]["total_memory"]) < 4 * MIB
 
         await g.vmm.balloon(0)
-        with anyio.fail_after(30):
-            while (await g.vmm.balloon_stats())["balloon_actual"] != 0:
-                await anyio.sleep(0.2)
+
+        async def deflated() -> bool:
+            return bool((await g.vmm.balloon_stats())["balloon_actual"] == 0)
+
+        await until(deflated, 30, "the balloon deflates")
 
         # Suspended vCPUs run nothing the console asked for until resumed, and give no
         # balloon report: crosvm's balloon_stats waits for one, past the caller's deadline.
@@ -400,19 +440,14 @@ async def test_killed_vmm_takes_qemu_along_and_leaves_its_socket(
     stale socket it leaves, as crosvm does, does not stop the engine's next launch."""
     env = make_env("arm64")
     async with booted(env, images["arm64"], tmp_path / "g", wait_boot=False) as g:
-        with anyio.fail_after(30):
-            while not g.paths.control_socket.exists() or not g.qemu_pids():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.05)
+        await until(g.controllable, 30, "the control socket and QEMU are up")
         qemu = g.qemu_pids()
         os.kill(g.vmm.pid, signal.SIGKILL)
         rc = await g.wait_exit(10)
         assert rc == -signal.SIGKILL
         assert CrosvmEngine().classify_exit(rc).kind is ExitKind.KILLED
         assert (await g.vmm.exit_info(rc)).kind is ExitKind.KILLED  # its log says nothing
-        with anyio.fail_after(10):
-            while any(alive(p) for p in qemu):
-                await anyio.sleep(0.05)
+        await all_exited(qemu, 10)
         assert g.paths.control_socket.exists()
     # Relaunch in the same workdir; this time without a balloon, which crosvm then refuses.
     no_balloon = make_env("arm64", {"serial": {"count": 1}})
@@ -485,10 +520,7 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
     engine = CrosvmEngine(str(DOUBLE), control_timeout_s=1.0)
     async with booted(make_env("arm64"), images["arm64"], tmp_path / "g", engine=engine,
                       wait_boot=False) as g:
-        with anyio.fail_after(30):
-            while not g.paths.control_socket.exists() or not g.qemu_pids():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.05)
+        await until(g.controllable, 30, "the control socket and QEMU are up")
         qemu = g.qemu_pids()
         os.kill(g.vmm.pid, signal.SIGSTOP)  # alive, but its control server never answers
         with pytest.raises(HarnessError, match="did not complete within 1 s"):
@@ -496,9 +528,7 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
         with anyio.fail_after(10):
             await g.vmm.stop(timeout=1.0)
         assert g.vmm.returncode == -signal.SIGKILL
-        with anyio.fail_after(10):
-            while any(alive(p) for p in qemu):
-                await anyio.sleep(0.05)
+        await all_exited(qemu, 10)
 
 
 # -- the double's command line ------------------------------------------------------------------

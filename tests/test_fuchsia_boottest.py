@@ -11,6 +11,7 @@ tests/test_fuchsia_standin.py boots the same paths for real, on stand-in bundles
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -72,6 +73,9 @@ class ScriptVmm(Vmm):
         self.fd, self.pid, self.script, self.received = fd, os.getpid(), script, received
         self._rc: int | None = None
         self._stop = threading.Event()
+        # Set when the script 'exits' (from its thread, or stop/kill): what wait() awaits.
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
         self.thread = threading.Thread(target=self._play, daemon=True)
         self.thread.start()
 
@@ -83,7 +87,7 @@ class ScriptVmm(Vmm):
                 else:
                     os.write(self.fd, chunk)
             if self.script.exit is not None:
-                time.sleep(0.1)
+                # What was written stays readable after the hangup (the pty keeps it).
                 self._close(self.script.exit)
                 return
             while not self._stop.is_set():  # hang, keeping what the harness sends
@@ -98,10 +102,11 @@ class ScriptVmm(Vmm):
             self._rc = rc
             self._stop.set()
             os.close(self.fd)
+            self._loop.call_soon_threadsafe(self._exited.set)
 
     async def wait(self) -> int:
-        while self._rc is None:
-            await anyio.sleep(0.01)
+        await self._exited.wait()
+        assert self._rc is not None
         return self._rc
 
     @property

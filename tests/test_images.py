@@ -168,9 +168,10 @@ def test_initramfs_bytes_do_not_depend_on_when_or_in_which_order_files_were_made
 ) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     _tree(a, reverse=False)
-    time.sleep(0.01)
     _tree(b, reverse=True)
-    os.utime(b / "init", (1, 1))
+    # Made at other times: every file and directory of b gets mtimes a's do not have.
+    for n, path in enumerate(sorted(b.rglob("*"), reverse=True), start=1):
+        os.utime(path, (n, n), follow_symlinks=False)
     images_initramfs.write_initramfs(images_cpio.tree_entries(a), tmp_path / "a.gz")
     images_initramfs.write_initramfs(images_cpio.tree_entries(b), tmp_path / "b.gz")
     raw = (tmp_path / "a.gz").read_bytes()

@@ -190,6 +190,17 @@ def test_closed_stdout_of_plan_is_no_traceback(short_tmp: Path) -> None:
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
 
 
+def wait_for_open(pid: int, path: Path, timeout: float) -> None:
+    """Until process `pid` has `path` open (one of its /proc/PID/fd links names it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return
+        assert time.monotonic() < deadline, f"pid {pid} never opened {path}"
+        time.sleep(0.01)
+
+
 def test_a_signal_while_reading_inputs_ends_the_run_at_once(short_tmp: Path) -> None:
     """Blocked reading a pipe whose writer sends nothing: SIGTERM ends it with 143."""
     fifo = short_tmp / "fifo"
@@ -199,7 +210,9 @@ def test_a_signal_while_reading_inputs_ends_the_run_at_once(short_tmp: Path) -> 
         proc = subprocess.Popen([*HARNESS, "run", "--tests", str(fifo), "--out",
                                  str(short_tmp / "out")], cwd=ROOT, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(2)  # no event to wait for: the harness is blocked in read()
+        # The harness has the pipe open (its signal handlers are in place before it reads
+        # any input) and is blocked reading it.
+        wait_for_open(proc.pid, fifo, 30)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -14,6 +14,7 @@ parse`) to the cases the live run reported.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import json
@@ -24,7 +25,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -90,6 +90,9 @@ class TranscriptVmm(Vmm):
         self.unexpected: list[str] = []
         self._rc: int | None = None
         self._stop = threading.Event()
+        # Set when the transcript 'exits' (from its thread, or stop/kill): what wait() awaits.
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
         os.write(fd, launch.boot)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -120,7 +123,8 @@ class TranscriptVmm(Vmm):
             step = steps.pop(0)
             os.write(self.fd, reply)
             if step.exit is not None:
-                time.sleep(0.1)  # let the console read the last words before the hangup
+                # What was written before the hangup stays readable after it (the pty
+                # keeps it for the master), so the console reads the last words first.
                 self._close(step.exit)
                 return b""
         return pending
@@ -140,10 +144,11 @@ class TranscriptVmm(Vmm):
             self._rc = rc
             self._stop.set()
             os.close(self.fd)
+            self._loop.call_soon_threadsafe(self._exited.set)
 
     async def wait(self) -> int:
-        while self._rc is None:
-            await anyio.sleep(0.01)
+        await self._exited.wait()
+        assert self._rc is not None
         return self._rc
 
     @property
