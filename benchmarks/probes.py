@@ -93,14 +93,17 @@ class MinimalLoop:
 
 async def console_probe(args: argparse.Namespace) -> dict[str, Any]:
     from harness import environments as envmod
-    from harness.app import image_for
+    from harness.accel import Accel
     from harness.engines.qemu import QemuEngine
     from harness.guest import Guest
+    from harness.images.environment import image_for
 
     env = envmod.load(args.environments).get(args.env)
     image = image_for(env, build=False)
     out_dir = Path(args.workdir)
-    guest = Guest(env, QemuEngine(), image, out_dir / "serial.log")
+    engine = QemuEngine()
+    guest = Guest(env, engine, image, out_dir / "serial.log",
+                  setup=await Accel().resolve(engine, env))
     result: dict[str, Any] = {}
     try:
         cpu0, t0 = _cpu_s(), time.monotonic()
@@ -163,13 +166,15 @@ async def guest_serial_probe(args: argparse.Namespace) -> dict[str, Any]:
     how fast, and at what CPU cost, the reading side keeps up.
     """
     from harness import environments as envmod
-    from harness.app import image_for
+    from harness.accel import Accel
     from harness.engines.qemu import QemuEngine
     from harness.guest import Guest
+    from harness.images.environment import image_for
 
     env = envmod.load(args.environments).get(args.env)
-    guest = Guest(env, QemuEngine(), image_for(env, build=False),
-                  Path(args.workdir) / "serial.log")
+    engine = QemuEngine()
+    guest = Guest(env, engine, image_for(env, build=False), Path(args.workdir) / "serial.log",
+                  setup=await Accel().resolve(engine, env))
     command = _yes_command(int(args.mb * 1_000_000))
     result: dict[str, Any] = {"bytes_requested": int(args.mb * 1_000_000)}
     try:
@@ -334,19 +339,23 @@ async def snapshot_probe(args: argparse.Namespace) -> dict[str, Any]:
     way the runner starts each (GuestStarter), through a snapshot cache of its own."""
     from harness import environments as envmod
     from harness import plan as planmod
-    from harness.app import image_for, make_engines
-    from harness.guest import Guest, private_workdir
-    from harness.kvmprobe import probe_environment
-    from harness.runner import make_disk_paths, make_disks
+    from harness.accel import Accel
+    from harness.app import make_engines
+    from harness.disks import make_disk_paths, make_disks
+    from harness.engines.base import EnvironmentUnavailable
+    from harness.guest import Guest
+    from harness.images.environment import image_for
     from harness.snapshot import GuestStarter
     from harness.snapshot_store import SnapshotStore, disk_usage
     from harness.spec import parse_specs
+    from harness.workdirs import private_workdir
 
     env = envmod.load(args.environments).get(args.env)
     engine = make_engines()[env.engine]
-    reason = await engine.unavailable(probe_environment(env))
-    if reason:
-        raise SystemExit(f"{env.name} cannot run here: {reason}")
+    try:
+        setup = await Accel().resolve(engine, env)
+    except EnvironmentUnavailable as e:
+        raise SystemExit(f"{env.name} cannot run here: {e}") from None
     image = image_for(env, build=False)
     out = Path(args.workdir)
     specs = parse_specs([{"test": {"name": "bench.start", "path": "/bin/true"},
@@ -354,9 +363,9 @@ async def snapshot_probe(args: argparse.Namespace) -> dict[str, Any]:
     [run] = planmod.make_plan(specs, envmod.load(args.environments),
                               planmod.Selection(env_names=(env.name,))).runs
 
-    def cold_guest(e: Any, eng: Any, img: Any, folder: Path) -> Guest:
+    def cold_guest(e: Any, eng: Any, img: Any, setup: Any, folder: Path) -> Guest:
         workdir = private_workdir(f"harness-{e.name[:24]}-")
-        return Guest(e, eng, img, folder / "serial.log", workdir=workdir,
+        return Guest(e, eng, img, folder / "serial.log", setup=setup, workdir=workdir,
                      disks=make_disks(e, workdir), own_workdir=True)
 
     starter = GuestStarter(store=SnapshotStore(out / "snapshots", cap=1 << 40),
@@ -371,7 +380,7 @@ async def snapshot_probe(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal n
         n += 1
         t0 = time.monotonic()
-        guest = cold_guest(env, engine, image, out / f"cold-{n}")
+        guest = cold_guest(env, engine, image, setup, out / f"cold-{n}")
         try:
             await guest.launch()
             await guest.wait_boot(env.boot_timeout_s)
@@ -387,7 +396,7 @@ async def snapshot_probe(args: argparse.Namespace) -> dict[str, Any]:
         nonlocal n
         n += 1
         t0 = time.monotonic()
-        guest = await starter.new_guest(run, env, engine, image, out / f"restore-{n}")
+        guest = await starter.new_guest(run, env, engine, image, setup, out / f"restore-{n}")
         try:
             boot, props = await starter.start(guest, env.boot_timeout_s)
             if props.get("snapshot_built"):  # the first: a boot and a save, not a restore

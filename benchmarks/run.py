@@ -231,7 +231,7 @@ def _machine() -> dict[str, Any]:
 class Bench:
     def __init__(self, args: argparse.Namespace, scratch: Scratch) -> None:
         from harness import environments as envmod
-        from harness.app import image_for
+        from harness.images.environment import image_for
 
         self.args = args
         self.s = scratch
@@ -251,12 +251,15 @@ class Bench:
 
     def qemu_argv(self, workdir: Path) -> Path:
         """The harness's own argv for the environment, for a guest living in `workdir`."""
+        from harness.accel import Accel
+        from harness.disks import make_disk_paths
         from harness.engines.base import RunPaths
         from harness.engines.qemu import QemuEngine
-        from harness.runner import make_disk_paths
 
-        argv = QemuEngine().command(self.env, self.image, RunPaths(
-            workdir=workdir, disks=tuple(make_disk_paths(self.env, workdir))))
+        engine = QemuEngine()
+        setup, _note = Accel().planned(engine, self.env)  # what `harness plan` shows
+        argv = engine.command(self.env, self.image, RunPaths(
+            workdir=workdir, disks=tuple(make_disk_paths(self.env, workdir))), setup)
         path = workdir / "argv.json"
         path.write_text(json.dumps(argv))
         return path

@@ -1,7 +1,9 @@
-"""What the CLI's commands do, as functions of parsed arguments.
+"""What the CLI's commands do, as functions of parsed arguments: the application layer.
 
-Kept apart from cli.py so that `harness --help` does not import anyio, pexpect
-or the engines, and so that tests can call a command without a subprocess.
+Below the command line (harness.cli, which only parses) and above everything that does
+the work: the runner, the engines and the reports. Kept apart from cli.py so that
+`harness --help` does not import anyio, pexpect or the engines, and so that tests can
+call a command without a subprocess.
 """
 
 from __future__ import annotations
@@ -9,43 +11,64 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import difflib
 import json
 import os
+import secrets
 import shlex
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
 from harness import environments as envmod
-from harness import jsonfile, stoptoken
+from harness import jsonfile, repro, stoptoken
 from harness import plan as planmod
-from harness.engines.base import Engine, RunPaths
+from harness.accel import NOT_PROBED, Accel
+from harness.cache import cache_dir
+from harness.disks import make_disk_paths, make_disks
+from harness.engines.base import Engine, EnvironmentUnavailable, RunPaths, VmmSetup
+from harness.engines.crosvm import CrosvmEngine
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment, EnvironmentSet
-from harness.errors import EXIT_FAILED, EXIT_INFRA, EXIT_OK, ConfigError, HarnessError
+from harness.errors import (
+    EXIT_FAILED,
+    EXIT_INFRA,
+    EXIT_NO_TESTS,
+    EXIT_OK,
+    ConfigError,
+    HarnessError,
+)
 from harness.folders import safe_name
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet, boot_skip
+from harness.guest import Guest
+from harness.images.build import build_image
+from harness.images.environment import image_for, planned_image
 from harness.images.model import GuestImage
-from harness.kvmprobe import probe_environment
+from harness.images.store import list_images, sweep_cache
+from harness.interactive import attach, interact, keep_serving
 from harness.outputs import Terminal, check_writable, prepare_out_dir
+from harness.parse_log import parse_log
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
+from harness.report.diff import diff_runs, diff_text
+from harness.report.html import REPORT_FILE, write_report, write_run_report
+from harness.report.merge import merge_runs
+from harness.report.summary import load_summary
+from harness.report.terminal import TerminalReport, ci_outputs
 from harness.results import RunResult, Status
+from harness.runner import Runner, RunOptions, redact
 from harness.signals import RunSignals
+from harness.snapshot_store import SnapshotStore
 from harness.spec import SpecEnvironment, TestSpec, load_specs, parse_specs
+from harness.stability import find_summaries, report_text, stability
 from harness.stoptoken import StopToken
 from harness.suite import SuiteTest, default_specs, registry
 from harness.textsafe import name_safe, terminal_safe
-from harness.workdirs import sweep_stale
-
-if TYPE_CHECKING:
-    from harness.report.terminal import TerminalReport
-    from harness.runner import RunOptions
+from harness.workdirs import private_workdir, sweep_stale
 
 # What `harness plan` shows for the entropy mixin: the value is made fresh at each boot,
 # and is a secret (the kernel seeds its CPRNG with it), so no command line shows it.
@@ -55,24 +78,9 @@ MAX_SUMMARY = 1024 * jsonfile.MiB
 
 
 def make_engines() -> dict[str, Engine]:
-    from harness.engines.crosvm import CrosvmEngine
-
-    return {"qemu": QemuEngine(), "crosvm": CrosvmEngine()}
-
-
-def image_for(env: Environment, *, build: bool = True) -> GuestImage:
-    """The kernel and initramfs an environment boots (building the embedded one if needed)."""
-    if env.image.product_bundle:
-        raise HarnessError(f"{env.name} boots the product bundle of each test it runs, "
-                           "not an image of its own (to boot a boot test's bundle by hand: "
-                           "`harness run-boot-test NAME --build-dir DIR --interactive`)")
-    if not env.image.embedded:
-        assert env.image.kernel is not None
-        return GuestImage(name=env.image.name, arch=env.arch, kernel=env.image.kernel,
-                          initrd=env.image.initrd, kernel_uncompressed=env.image.kernel)
-    from harness.images import ensure_image
-
-    return ensure_image(env.image.name, env.arch, build=build)
+    """Every engine environments.json may name, by that name."""
+    engines: list[Engine] = [QemuEngine(), CrosvmEngine()]
+    return {e.name: e for e in engines}
 
 
 @dataclasses.dataclass
@@ -124,8 +132,6 @@ def load_bundles(args: argparse.Namespace) -> BundleSet | None:
 
 
 def load_inputs(args: argparse.Namespace) -> Inputs:
-    from harness.cli import suite_paths
-
     envs = envmod.load(args.environments)
     tests = registry(extra_paths=suite_paths(args))
     bundles = load_bundles(args)
@@ -140,7 +146,9 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
 
 
 def requirement_check(tests: Mapping[str, SuiteTest],
-                      engines: Mapping[str, Engine]):  # type: ignore[no-untyped-def]
+                      engines: Mapping[str, Engine]) -> planmod.Check:
+    """Why a test cannot run on an environment (a planned SKIP with that reason), or None."""
+
     def check(spec: TestSpec, env: Environment) -> str | None:
         if spec.is_boot_test:
             return None  # the booted system is the test; its `path` is a host script
@@ -152,10 +160,9 @@ def requirement_check(tests: Mapping[str, SuiteTest],
             # A device the configuration has but this engine cannot provide here (crosvm's
             # TAP-only network, for one): skipped per test, with the engine's reason.
             engine = engines.get(env.engine)
-            per_device = getattr(engine, "device_unavailable", None)
-            if per_device is not None:
+            if engine is not None:
                 for device in test.requires.devices:
-                    reason = per_device(env, device)
+                    reason = engine.device_unavailable(env, device)
                     if reason:
                         return reason
             return None
@@ -193,11 +200,43 @@ def shard_args(args: argparse.Namespace) -> tuple[int, int] | None:
     return planmod.shard_from_environment(os.environ)
 
 
+def plan_shards(args: argparse.Namespace) -> tuple[int | None, int]:
+    """`harness plan`'s (shard index, total): --total-shards alone shows every shard,
+    --shard-index too (or the CI's shard variables) shows that shard only."""
+    if args.total_shards is not None and args.shard_index is None:
+        return None, args.total_shards
+    sharding = shard_args(args)
+    return sharding if sharding is not None else (None, 1)
+
+
+def nothing_to_run(args: argparse.Namespace, inputs: Inputs, planned: int,
+                   shard: tuple[int, int] | None = None) -> int:
+    """Say that the selection runs nothing, and why as far as the inputs tell; the exit
+    status: 5, as pytest's "no tests collected", unless --allow-empty accepts it."""
+    given = [f"{flag} {shlex.quote(value)}" for flag, values in (
+        ("--device-type", args.device_type), ("--env", args.env), ("--tag", args.tag),
+        ("--suite", args.suite), ("-k", args.globs)) for value in values]
+    source = tests_file(args)
+    what = (f"{len(inputs.specs)} entries of {source}" if source is not None
+            else f"{len(inputs.specs)} built-in suite tests")
+    if shard is not None and planned:
+        why = f"shard {shard[0]} of {shard[1]} holds none of the {planned} selected test runs"
+    elif not inputs.specs:
+        why = f"{source} has no test entries" if source is not None else "no tests"
+    else:
+        why = (f"no test run matches the selection ({'; '.join(given) or 'no filters'}) "
+               f"among {what} on {len(list(inputs.envs))} environments")
+    if args.allow_empty:
+        print(f"harness: nothing to run: {why} (accepted: --allow-empty)", file=sys.stderr)
+        return EXIT_OK
+    print(f"harness: nothing to run: {why}; exit status {EXIT_NO_TESTS} (--allow-empty "
+          f"accepts an empty selection)", file=sys.stderr)
+    return EXIT_NO_TESTS
+
+
 def durations(args: argparse.Namespace) -> dict[str, float] | None:
     if not args.durations_from:
         return None
-    from harness.report.summary import load_summary
-
     jsonfile.check_file(args.durations_from, MAX_SUMMARY, "summary.json")
     run = load_summary(Path(args.durations_from))
     return {r.key: r.duration_s for r in run.results}
@@ -220,16 +259,28 @@ def plan_image(run: planmod.PlannedRun) -> GuestImage:
         missing = Path(f"PRODUCT-BUNDLE-{run.bundle_name or 'NONE'}")
         return GuestImage(name=run.bundle_name, arch=env.arch, kernel=missing / "kernel",
                           initrd=missing / "zbi")
-    try:
-        return image_for(env, build=False)
-    except HarnessError:
-        return _unbuilt_image(env)
+    return planned_image(env)
+
+
+def planned_setups(plan: planmod.Plan, engines: Mapping[str, Engine]) -> dict[str, VmmSetup]:
+    """Each planned environment's setup as a run would resolve it, without probing (the
+    KVM verdict on record); what may differ in a run goes into the plan's notes."""
+    accel = Accel()
+    setups: dict[str, VmmSetup] = {}
+    for run in plan.runs:
+        env = run.environment
+        if env.name in setups:
+            continue
+        setups[env.name], note = accel.planned(engines[env.engine], env)
+        if note:
+            plan.notes.append(f"{env.name}: {note}")
+    return setups
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    plan, _inputs = build_plan(args)
+    plan, inputs = build_plan(args)
     engines = make_engines()
-    placeholder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / "harness-ENV"
+    setups = planned_setups(plan, engines) if args.json else {}
     argvs: dict[tuple[str, str, tuple[str, ...], bool], list[str]] = {}
 
     def argv_for(run: planmod.PlannedRun) -> list[str] | None:
@@ -241,34 +292,25 @@ def plan_command(args: argparse.Namespace) -> int:
         argv = argvs.get(key)
         if argv is None:
             env = planmod.run_environment(run, REDACTED_ENTROPY)
-            image = plan_image(run)
-            from harness.runner import make_disk_paths
-
-            workdir = placeholder.with_name(f"harness-{env.name}")
-            argv = argvs[key] = engines[env.engine].command(env, image, RunPaths(
-                workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
+            argv = argvs[key] = planned_argv(engines[env.engine], env, plan_image(run),
+                                             setups[env.name])
         return argv
 
-    sharding = shard_args(args)
-    total = sharding[1] if sharding else 1
+    index, total = plan_shards(args)
     if args.json:
         # Streamed: 50,000 runs are a few MB of text, never a few GB of objects.
-        planmod.write_plan_json(plan, argv_for, sys.stdout, total_shards=total,
-                                durations=durations(args))
+        count = planmod.write_plan_json(plan, argv_for, sys.stdout, total_shards=total,
+                                        durations=durations(args), shard_index=index)
     else:
-        sys.stdout.write(planmod.plan_text(plan, total_shards=total, durations=durations(args)))
+        sys.stdout.write(planmod.plan_text(plan, total_shards=total, durations=durations(args),
+                                           shard_index=index))
+        count = len(plan.runs) if index is None else \
+            len(planmod.shard(plan.runs, index, total, durations=durations(args)))
     sys.stdout.flush()
+    if not count:
+        return nothing_to_run(args, inputs, len(plan.runs),
+                              (index, total) if index is not None else None)
     return EXIT_OK
-
-
-def _unbuilt_image(env: Environment) -> GuestImage:
-    """Stand-in paths for `plan` before `harness images build` ran (the plan says so)."""
-    from harness.images import cache_dir
-
-    base = cache_dir() / "images" / f"{env.image.name}-{env.arch}-NOT-BUILT"
-    return GuestImage(name=env.image.name, arch=env.arch, kernel=base / "kernel",
-                      initrd=base / "initrd.cpio.gz", kernel_uncompressed=base / "kernel",
-                      kernel_elf=base / "vmlinux" if env.arch == "x86_64" else None)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -281,10 +323,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, signals: RunSignals) -> int:
-    from harness.cli import default_out_dir, repro_base
-    from harness.images import cache_dir, sweep_cache
-    from harness.runner import RunOptions
-
     term = Terminal(enabled=not args.quiet)
     plan, inputs = build_plan(args)
     runs = plan.runs
@@ -319,12 +357,13 @@ def _run(args: argparse.Namespace, signals: RunSignals) -> int:
         bundle_base=_bundle_base(inputs),
         snapshots=getattr(args, "snapshots", True),
     )
-    if not runs:
-        term.say("harness: nothing selected to run", always=True)
     n_envs = len({r.environment.name for r in runs})
     term.say(f"harness: {_count(len(runs), 'test run')} on {_count(n_envs, 'environment')}, "
              f"{args.jobs} at a time; results in {out}")
-    return _execute(args, runs, inputs.tests, options, signals)
+    status = _execute(args, runs, inputs.tests, options, signals)
+    if not runs and status == EXIT_OK:  # the (empty) results are written all the same
+        return nothing_to_run(args, inputs, len(plan.runs), sharding)
+    return status
 
 
 def _bundle_base(inputs: Inputs) -> Path | None:
@@ -335,9 +374,7 @@ def _bundle_base(inputs: Inputs) -> Path | None:
 
 def boot_test_repro_base(args: argparse.Namespace) -> list[str]:
     """`harness run-boot-test` with the same inputs; the runner adds the test and environment."""
-    from harness.repro import harness_command
-
-    base = [*harness_command(), "run-boot-test"]
+    base = [*repro.harness_command(), "run-boot-test"]
     for arg in getattr(args, "cmdline", None) or ():
         base += ["-c", arg]
     for name in getattr(args, "test_filter", None) or ():
@@ -362,9 +399,6 @@ def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
              tests: Mapping[str, SuiteTest], options: RunOptions, signals: RunSignals) -> int:
     """Run `runs` (each finished test on disk before the terminal says so), print the closing
     report; the exit status."""
-    from harness.report.terminal import TerminalReport
-    from harness.runner import Runner
-
     term = options.terminal or Terminal(enabled=options.progress)
     report = TerminalReport.for_stream(sys.stderr, os.environ)
     options = dataclasses.replace(options, terminal=term, progress_line=report.progress)
@@ -387,8 +421,6 @@ def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
         result = await runner.run()
         signals.results_final()
         if runner.kept:
-            from harness.interactive import keep_serving
-
             try:
                 await keep_serving(runner.kept, say=lambda line: term.say(line, always=True),
                                    until=signals.wait)
@@ -415,10 +447,6 @@ def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
 
 def report_run_end(term: Terminal, run: RunResult, terminal: TerminalReport) -> None:
     """The closing report on the terminal, and GitHub's annotations and step summary."""
-    from harness.report.diff import diff_runs
-    from harness.report.html import REPORT_FILE
-    from harness.report.terminal import ci_outputs
-
     diffs = diff_runs(run, run, left_label=str(run.out_dir), right_label=str(run.out_dir))
     report = run.out_dir / REPORT_FILE
     files = [f"junit: {run.out_dir / 'junit.xml'}"]
@@ -431,8 +459,6 @@ def report_run_end(term: Terminal, run: RunResult, terminal: TerminalReport) -> 
 
 def report_command(args: argparse.Namespace) -> int:
     """`harness report RESULTS_DIR... --out DIR`: the static HTML report of one or many runs."""
-    from harness.report.html import write_report
-
     if args.last < 1:
         raise ConfigError("command line", None, "--last", f"must be at least 1, not {args.last}")
     index = write_report([Path(d) for d in args.dirs], Path(args.out), last=args.last)
@@ -442,10 +468,6 @@ def report_command(args: argparse.Namespace) -> int:
 
 def diff_command(args: argparse.Namespace) -> int:
     """`harness diff RUN_A [RUN_B] [--env A --env B] [--json]`: exit 1 when a verdict differs."""
-    from harness.report.diff import diff_runs, diff_text
-    from harness.report.summary import load_summary
-    from harness.stability import find_summaries
-
     if len(args.runs) > 2:
         raise ConfigError("command line", None, "RUN", f"give one or two runs, not "
                           f"{len(args.runs)}")
@@ -486,9 +508,6 @@ def _point_latest(out: Path) -> None:
 
 def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: EnvironmentSet) -> int:
     """Boot the one selected environment and give its console to the person at the terminal."""
-    from harness.guest import Guest
-    from harness.interactive import interact
-
     names = sorted({r.environment.name for r in plan.runs}) or list(args.env)
     if len(names) != 1:
         raise ConfigError("command line", None, "--interactive",
@@ -500,16 +519,11 @@ def interactive_command(args: argparse.Namespace, plan: planmod.Plan, envs: Envi
     out.mkdir(parents=True, exist_ok=True)
 
     async def main() -> int:
-        reason = await engine.unavailable(env)
-        if reason:
-            raise HarnessError(f"{env.name} cannot run here: {reason}")
+        setup = await resolve_or_say(engine, env)
         image = await anyio.to_thread.run_sync(image_for, env)
-        from harness.guest import private_workdir
-        from harness.runner import make_disks
-
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         log = out / f"{safe_name(env.name)}-serial.log"
-        guest = Guest(env, engine, image, log, workdir=workdir,
+        guest = Guest(env, engine, image, log, setup=setup, workdir=workdir,
                       disks=make_disks(env, workdir), own_workdir=True)
         try:
             print(f"booting {name_safe(env.name)}: {terminal_safe(' '.join(guest.command_line))}",
@@ -545,9 +559,6 @@ def run_boot_test_command(args: argparse.Namespace) -> int:
     is the harness's (harness.fuchsia.boottest), and the results are written as a
     run's; `--interactive` hands the serial console to the person instead.
     """
-    from harness.cli import default_out_dir
-    from harness.runner import RunOptions
-
     if not args.build_dir and not (args.tests and args.product_bundles):
         args.build_dir = os.environ.get("FUCHSIA_BUILD_DIR") or None
         if not args.build_dir:
@@ -580,8 +591,8 @@ def run_boot_test_command(args: argparse.Namespace) -> int:
     if bundle is None:
         raise ConfigError(str(file), f"entry {spec.index} ({json.dumps(spec.name)})",
                           "product_bundle", "names no product bundle; give --product-bundle")
-    engine = "crosvm" if args.crosvm else "qemu"
-    env = envs.get(args.env or boottest.developer_environment(engine, bundle.cpu))
+    vmm = "crosvm" if args.crosvm else "qemu"  # fx run-boot-test's --crosvm, or its default
+    env = envs.get(args.env or boottest.developer_environment(vmm, bundle.cpu))
     if not env.image.product_bundle:
         raise ConfigError("command line", None, "--env",
                           f"{env.name} does not boot a product bundle (its image is "
@@ -595,9 +606,10 @@ def run_boot_test_command(args: argparse.Namespace) -> int:
     run = planmod.PlannedRun(spec=spec, environment=env,
                              spec_environment=_developer_spec_env(spec, env, args),
                              bundle_name=chosen.name, bundle=chosen)
-    argv = make_engines()[env.engine].command(
-        planmod.run_environment(run, REDACTED_ENTROPY), chosen.image(env.arch),
-        RunPaths(workdir=Path("/tmp/harness-WORKDIR")))
+    engine = make_engines()[env.engine]
+    argv = engine.command(planmod.run_environment(run, REDACTED_ENTROPY), chosen.image(env.arch),
+                          RunPaths(workdir=Path("/tmp/harness-WORKDIR")),
+                          Accel().planned(engine, env)[0])
     _print_boot_test(spec, bundles, chosen.cpu, command=argv)
     out = Path(args.out) if args.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -674,22 +686,15 @@ def _print_boot_test(spec: TestSpec, bundles: BundleSet, cpu: str,
 
 def _interactive_boot_test(run: planmod.PlannedRun, out: Path) -> int:
     """Boot the bundle and give its serial console to the person; the verdict afterwards."""
-    import secrets
-
-    from harness.guest import Guest, private_workdir
-    from harness.interactive import interact
-    from harness.runner import redact
-
-    assert run.bundle is not None
+    bundle = run.bundle
+    assert bundle is not None
     env = planmod.run_environment(run, secrets.token_hex(ENTROPY_MIXIN_BYTES))
     engine = make_engines()[env.engine]
     log = out / "serial.log"
 
     async def main() -> None:
-        reason = await engine.unavailable(probe_environment(env))
-        if reason:
-            raise HarnessError(f"{env.name} cannot run here: {reason}")
-        guest = Guest(env, engine, run.bundle.image(env.arch), log,  # type: ignore[union-attr]
+        setup = await resolve_or_say(engine, env)
+        guest = Guest(env, engine, bundle.image(env.arch), log, setup=setup,
                       workdir=private_workdir(f"harness-{env.name[:24]}-"), own_workdir=True)
         guest.log.redact(env.entropy_mixin.encode())
         try:
@@ -713,12 +718,8 @@ def _interactive_boot_test(run: planmod.PlannedRun, out: Path) -> int:
 
 
 def images_command(args: argparse.Namespace) -> int:
-    from harness import images
-
     if args.images_command == "list":
-        from harness.snapshot_store import SnapshotStore
-
-        rows = images.list_images()
+        rows = list_images()
         if not rows:
             print("no images built yet: run `harness images build`")
         for row in rows:
@@ -734,12 +735,12 @@ def images_command(args: argparse.Namespace) -> int:
         wanted = [w for w in wanted if w[1] in args.arch]
     if args.name:
         wanted = [w for w in wanted if w[0] in args.name]
-    check_writable(images.cache_dir(), "the cache directory")
+    check_writable(cache_dir(), "the cache directory")
     # A signal raises Interrupted where the build is; the build stops its child process
-    # and removes its work directories on the way out (harness.images.build._run).
+    # and removes its work directories on the way out (harness.images.tools.run_step).
     with RunSignals():
         for name, arch in wanted:
-            image = images.build_image(name, arch, force=args.force)
+            image = build_image(name, arch, force=args.force)
             print(f"{name} {arch}: {image.kernel.parent} (kernel {image.kernel_version})")
     return EXIT_OK
 
@@ -751,62 +752,167 @@ def doctor_command(args: argparse.Namespace) -> int:
 
     async def gather() -> None:
         qemu = engines["qemu"]
-        assert isinstance(qemu, QemuEngine)
         for arch in envmod.ARCHES:
-            binary = qemu.binary(arch)
+            binary = qemu.locate(arch).path
             version = ""
             if binary:
                 proc = await anyio.run_process([binary, "--version"], check=False)
                 version = proc.stdout.decode(errors="replace").splitlines()[0]
             report[f"qemu {arch}"] = {"binary": binary, "version": version}
+        accel = Accel()
         for env in envs:
             engine = engines[env.engine]
+            setup: VmmSetup | None = None
             try:
-                reason = await engine.unavailable(probe_environment(env))
-            except HarnessError as e:
-                reason = str(e)
-            entry: dict[str, object] = {"engine": env.engine, "runs_here": reason is None,
-                                        "reason": reason, "accel": engine.accel(env)}
-            if env.engine == "qemu" and isinstance(engine, QemuEngine):
-                entry["kvm_verdict"] = engine.accel_reasons.get(env.arch) or \
-                    engine._cached_verdict(env.arch)[1]
-            # issue 13: whether its tests start from a restore, and if not why.
-            entry["snapshot"] = ("off: \"snapshot\": false" if not env.snapshot else
-                                 "off: a product bundle boots" if env.image.product_bundle else
-                                 await engine.snapshot_unavailable(env) or "ok")
-            report[f"environment {env.name}"] = entry
+                setup = await accel.resolve(engine, env)
+            except HarnessError as e:  # EnvironmentUnavailable, and a probe's error
+                reason: str | None = str(e)
+            else:
+                reason = None
+            found = engine.locate(env.arch)
+            verdict = accel.known(engine, env, found.path) if found.path else None
+            report[f"environment {env.name}"] = {
+                "engine": env.engine, "runs_here": reason is None, "reason": reason,
+                "accel": setup.accel if setup is not None else None,
+                "kvm_verdict": verdict.reason if verdict is not None else NOT_PROBED,
+                # issue 13: whether its tests start from a restore, and if not why.
+                "snapshot": ("off: \"snapshot\": false" if not env.snapshot else
+                             "off: a product bundle boots" if env.image.product_bundle else
+                             await engine.snapshot_unavailable(env) or "ok")}
         crosvm = engines["crosvm"]
-        doctor = getattr(crosvm, "doctor", None)
-        if doctor is not None:
+        if isinstance(crosvm, CrosvmEngine):
             # The parser check: each crosvm environment's command line as `harness plan`
             # prints it, through the real parser (CrosvmEngine.parse_check).
             # Environments booting a build's product bundle have no command line without
             # a build (`plan` does not plan them either).
-            argvs = {env.name: _planned_argv(crosvm, env) for env in envs
-                     if env.engine == "crosvm" and not env.image.product_bundle}
-            report["crosvm"] = await doctor(envs, argvs)
+            argvs = {env.name: planned_argv(crosvm, env, planned_image(env),
+                                            accel.planned(crosvm, env)[0])
+                     for env in envs if env.engine == crosvm.name and not env.image.product_bundle}
+            report["crosvm"] = await crosvm.doctor(envs, argvs)
 
     anyio.run(gather, backend="asyncio")
-    from harness import images
-
-    report["images"] = images.list_images()
+    report["images"] = list_images()
     print(json.dumps(report, indent=1, default=str))
     return EXIT_OK
 
 
-def _planned_argv(engine: Engine, env: Environment) -> list[str]:
-    """`env`'s VMM command line as plan_command's `argv_for` builds it (image paths as built,
-    the workdir a placeholder)."""
-    from harness.runner import make_disk_paths
-
-    try:
-        image = image_for(env, build=False)
-    except HarnessError:
-        image = _unbuilt_image(env)
+def planned_argv(engine: Engine, env: Environment, image: GuestImage,
+                 setup: VmmSetup) -> list[str]:
+    """`env`'s VMM command line as `harness plan` prints it: the image as built (or where it
+    will be), the setup as resolved without probing, the workdir a placeholder."""
     workdir = (Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"harness-{env.name}")
     return engine.command(env, image, RunPaths(
-        workdir=workdir, disks=tuple(make_disk_paths(env, workdir))))
+        workdir=workdir, disks=tuple(make_disk_paths(env, workdir))), setup)
+
+
+async def resolve_or_say(engine: Engine, env: Environment) -> VmmSetup:
+    """The setup `env` launches with, or a HarnessError saying why it cannot run here."""
+    try:
+        return await Accel().resolve(engine, env)
+    except EnvironmentUnavailable as e:
+        raise HarnessError(f"{env.name} cannot run here: {e}") from None
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# -- the smaller commands ---------------------------------------------------------------------
+
+
+def parse_command(args: argparse.Namespace) -> int:
+    """`harness parse LOG`: a saved serial log re-read offline, as JSON on stdout."""
+
+    def read(name: str | None) -> bytes | None:
+        if name is None:
+            return None
+        path = Path(name)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
+
+    data = read(args.log) or b""
+    print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt, booted=args.booted,
+                               host_log=read(args.host_log), syslog=read(args.syslog),
+                               outcome=args.outcome), indent=1))
+    return EXIT_OK
+
+
+def attach_command(args: argparse.Namespace) -> int:
+    """`harness attach SOCKET`: the console of a guest `run --keep` left running."""
+    return anyio.run(attach, Path(args.socket), backend="asyncio")
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    """`harness merge DIR... --out DIR`: shards' results as one run."""
+    run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
+    write_run_report(run)
+    print(f"merged {len(run.results)} results into {args.out}")
+    return EXIT_FAILED if run.blocking_failed else EXIT_OK
+
+
+def stability_command(args: argparse.Namespace) -> int:
+    """`harness stability RESULTS_DIR...`: pass rates, flakes, trends, FYI readiness."""
+    report = stability([Path(d) for d in args.dirs], args.last)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print(report_text(report), end="")
+    return EXIT_OK
+
+
+def repro_command(args: argparse.Namespace) -> list[str] | None:
+    """`harness repro RESULTS_DIR TEST`: the `harness` arguments that re-run the test, for
+    the command line to run in this process; None when they were only to be printed."""
+    found = repro.load_repro(Path(args.results_dir), args.test, args.env)
+    again = list(found.args)
+    if args.out:
+        again += ["--out", args.out]
+    command = shlex.join([*repro.harness_command(), *again])
+    if args.print_only:
+        print(command)  # exact, for a pipe or a script (the terminal lines below are escaped)
+        return None
+    result = found.result
+    if result.status.ok:
+        print(f"harness repro: note: {name_safe(result.key)} was {result.status.value} in that "
+              "run", file=sys.stderr)
+    print(f"harness repro: {name_safe(result.key)}: {terminal_safe(command)}", file=sys.stderr,
+          flush=True)
+    return again
+
+
+# -- what several commands share ----------------------------------------------------------------
+
+
+def default_out_dir() -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path("results") / f"{stamp}-{os.getpid()}"
+
+
+def repro_base(args: argparse.Namespace) -> list[str]:
+    """The argv that selects the same inputs again (the repro line adds --env and -k)."""
+    # issue 5: the harness by absolute path (venv script or `python -m harness`), so the
+    # line pastes as is in a shell without the venv active; see harness.repro.harness_command.
+    base = [*repro.harness_command(), "run"]
+    for path in suite_paths(args):
+        base += ["--suite-path", str(path.resolve())]
+    if args.tests:
+        base += ["--tests", str(Path(args.tests).resolve())]
+    if getattr(args, "build_dir", None):
+        base += ["--build-dir", str(Path(args.build_dir).resolve())]
+    if getattr(args, "product_bundles", None):
+        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
+    if getattr(args, "product_bundle", None):
+        base += ["--product-bundle", args.product_bundle]
+    if args.environments:
+        base += ["--environments", str(Path(args.environments).resolve())]
+    return base
+
+
+def suite_paths(args: argparse.Namespace) -> list[Path]:
+    """--suite-path, then HARNESS_SUITE_PATH (':'-separated)."""
+    paths = [Path(p) for p in getattr(args, "suite_path", [])]
+    env = os.environ.get("HARNESS_SUITE_PATH", "")
+    paths += [Path(p) for p in env.split(":") if p]
+    return paths

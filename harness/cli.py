@@ -1,31 +1,30 @@
-"""The command line. Thin: parses arguments, calls the library, maps errors to exit statuses.
+"""The command line. Thin: parses arguments, hands them to a command (harness.app), and maps
+errors to exit statuses (the table is harness.errors.EXIT_STATUSES, shown by `--help`).
 
-Exit statuses (see harness.errors): 0 every blocking test passed; 1 a blocking test
-failed; 2 bad usage or input; 3 infrastructure (results, logs or the terminal could
-not be written); 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (results are still
-written).
+Nothing here knows how a command works; it only knows the words of the command line.
+The commands' module is imported when one runs, not for `harness --help`, which then
+starts without anyio, pexpect or the engines (an import that points down the layers).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from harness import environments as envmod
 from harness.errors import (
-    EXIT_FAILED,
     EXIT_INFRA,
+    EXIT_NO_TESTS,
     EXIT_OK,
     EXIT_USAGE,
     ConfigError,
     HarnessError,
     Interrupted,
+    exit_status_for,
+    exit_status_table,
 )
 from harness.outputs import describe, silence, stream_broken
 from harness.textsafe import terminal_safe
@@ -86,10 +85,16 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", action="append", default=[], dest="globs", metavar="GLOB",
                    help="only tests whose name matches (fnmatch; repeatable)")
     p.add_argument("--shard-index", type=SHARD_INDEX, metavar="I",
-                   help="run shard I of --total-shards (also TEST_SHARD_INDEX, GTEST_SHARD_INDEX)")
-    p.add_argument("--total-shards", type=TOTAL_SHARDS, metavar="N")
+                   help="run shard I of --total-shards (also TEST_SHARD_INDEX, "
+                        "GTEST_SHARD_INDEX); `plan` shows that shard only")
+    p.add_argument("--total-shards", type=TOTAL_SHARDS, metavar="N",
+                   help="the number of shards; `plan` with this alone shows every shard")
     p.add_argument("--durations-from", metavar="SUMMARY",
                    help="balance shards by the durations in an earlier summary.json")
+    p.add_argument("--allow-empty", action="store_true",
+                   help=f"exit {EXIT_NO_TESTS}, not 0, is what a selection that runs nothing "
+                        "gets (a -k typo, a device type no environment has); with this, 0 "
+                        "(for CI matrices whose shards or filters may select nothing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness",
         description="Boot crosvm and QEMU guests, run suites on their serial consoles, "
                     "write JUnit and summary.json.",
+        epilog=exit_status_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run tests and write results")
+    run = sub.add_parser("run", help="run tests and write results", epilog=exit_status_table(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(run)
     run.add_argument("--jobs", type=JOBS, default=min(1024, os.cpu_count() or 1),
                      help="guests running at once, 1 to 1024 (default: number of cores)")
@@ -120,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="boot the one selected environment and hand its serial console to you "
                           "(Ctrl-] leaves; the guest is then torn down)")
 
-    plan = sub.add_parser("plan", help="show what would run, with each VMM command line")
+    plan = sub.add_parser("plan", help="show what would run, with each VMM command line",
+                          epilog=exit_status_table(),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _selection_args(plan)
     plan.add_argument("--json", action="store_true")
 
@@ -184,7 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("dirs", nargs="+")
     merge.add_argument("--out", required=True)
 
-    # -- stability and repro (issue 5) --
     stab = sub.add_parser("stability", help="pass rates, flakes and boot-time trends across "
                           "runs; which FYI environments are ready to be made blocking")
     stab.add_argument("dirs", nargs="+", metavar="RESULTS_DIR",
@@ -201,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--print", dest="print_only", action="store_true",
                        help="print the command instead of running it")
     repro.add_argument("--out", metavar="DIR", help="results directory of the re-run")
-    # -- end stability and repro --
 
     report = sub.add_parser("report", help="static HTML report of one or many runs "
                             "(opens from file://, nothing fetched)")
@@ -239,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_status
     except KeyboardInterrupt:
         _error("harness: interrupted")
-        return 130
+        return exit_status_for(signal.SIGINT)
     except OSError as e:
         if stream_broken(e):  # `harness plan | head -1`: the reader went away
             silence(sys.stdout)
@@ -257,120 +265,27 @@ def _error(line: str) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        from harness.app import run_command
+    from harness import app  # the commands, below the command line (see the module docstring)
 
-        return run_command(args)
-    if args.command == "plan":
-        from harness.app import plan_command
-
-        return plan_command(args)
-    if args.command == "run-boot-test":
-        from harness.app import run_boot_test_command
-
-        return run_boot_test_command(args)
-    if args.command == "images":
-        from harness.app import images_command
-
-        return images_command(args)
-    if args.command == "doctor":
-        from harness.app import doctor_command
-
-        return doctor_command(args)
-    if args.command == "parse":
-        from harness.parse_log import parse_log
-
-        def read(name: str | None) -> bytes | None:
-            if name is None:
-                return None
-            path = Path(name)
-            try:
-                return path.read_bytes()
-            except OSError as e:
-                raise ConfigError(str(path), None, None, f"cannot read: {e.strerror}") from None
-
-        data = read(args.log) or b""
-        print(json.dumps(parse_log(data, profile=args.profile, fmt=args.fmt,
-                                    booted=args.booted, host_log=read(args.host_log),
-                                    syslog=read(args.syslog), outcome=args.outcome), indent=1))
-        return EXIT_OK
-    if args.command == "attach":
-        import anyio
-
-        from harness.interactive import attach
-
-        return anyio.run(attach, Path(args.socket), backend="asyncio")
-    if args.command == "merge":
-        from harness.report.html import write_run_report
-        from harness.report.merge import merge_runs
-
-        run = merge_runs([Path(d) for d in args.dirs], Path(args.out))
-        write_run_report(run)
-        print(f"merged {len(run.results)} results into {args.out}")
-        return EXIT_FAILED if run.blocking_failed else EXIT_OK
-    # -- stability and repro (issue 5) --
-    if args.command == "stability":
-        from harness.stability import report_text, stability
-
-        report = stability([Path(d) for d in args.dirs], args.last)
-        if args.json:
-            print(json.dumps(report.to_json(), indent=1))
-        else:
-            print(report_text(report), end="")
-        return EXIT_OK
     if args.command == "repro":
-        from harness.repro import repro_command
-
-        return repro_command(Path(args.results_dir), args.test, args.env,
-                             print_only=args.print_only, out=args.out)
-    # -- end stability and repro --
-    if args.command == "report":
-        from harness.app import report_command
-
-        return report_command(args)
-    if args.command == "diff":
-        from harness.app import diff_command
-
-        return diff_command(args)
-    raise AssertionError(args.command)
-
-
-def default_out_dir() -> Path:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path("results") / f"{stamp}-{os.getpid()}"
-
-
-def repro_base(args: argparse.Namespace) -> list[str]:
-    """The argv that selects the same inputs again (the repro line adds --env and -k)."""
-    # issue 5: the harness by absolute path (venv script or `python -m harness`), so the
-    # line pastes as is in a shell without the venv active; see harness.repro.harness_command.
-    from harness.repro import harness_command
-
-    base = [*harness_command(), "run"]
-    for path in suite_paths(args):
-        base += ["--suite-path", str(path.resolve())]
-    if args.tests:
-        base += ["--tests", str(Path(args.tests).resolve())]
-    if getattr(args, "build_dir", None):
-        base += ["--build-dir", str(Path(args.build_dir).resolve())]
-    if getattr(args, "product_bundles", None):
-        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
-    if getattr(args, "product_bundle", None):
-        base += ["--product-bundle", args.product_bundle]
-    if args.environments:
-        base += ["--environments", str(Path(args.environments).resolve())]
-    return base
-
-
-def suite_paths(args: argparse.Namespace) -> list[Path]:
-    paths = [Path(p) for p in getattr(args, "suite_path", [])]
-    env = os.environ.get("HARNESS_SUITE_PATH", "")
-    paths += [Path(p) for p in env.split(":") if p]
-    return paths
-
-
-def shell_join(argv: Sequence[str]) -> str:
-    return shlex.join(argv)
+        # `harness repro` re-runs a stored `harness run` line: its words are parsed here,
+        # by the same parser, and run in this process.
+        again = app.repro_command(args)
+        return EXIT_OK if again is None else main(again)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": app.run_command,
+        "plan": app.plan_command,
+        "run-boot-test": app.run_boot_test_command,
+        "images": app.images_command,
+        "doctor": app.doctor_command,
+        "parse": app.parse_command,
+        "attach": app.attach_command,
+        "merge": app.merge_command,
+        "stability": app.stability_command,
+        "report": app.report_command,
+        "diff": app.diff_command,
+    }
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 import tty
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import pexpect
 import pexpect.fdpexpect
@@ -44,6 +44,14 @@ LOOKBACK = 1024
 MAX_READ = 65536
 BEFORE_CAP = 4 << 20  # bytes of output kept for a command's result; the log has everything
 TAIL_BYTES = 16384
+_ANY_BYTES = re.compile(rb"(?s).+")
+# pexpect's classes are generic in its stubs only (bytes here: the console is raw bytes).
+if TYPE_CHECKING:
+    _SearcherBase = searcher_re[bytes]
+    _SpawnBase = pexpect.fdpexpect.fdspawn[bytes]
+else:
+    _SearcherBase = searcher_re
+    _SpawnBase = pexpect.fdpexpect.fdspawn
 _ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
 
 
@@ -53,15 +61,18 @@ class Searchable(Protocol):
     def search(self, buf: bytes, pos: int = ...) -> re.Match[bytes] | None: ...
 
 
-class _Searcher(searcher_re):
+class _Searcher(_SearcherBase):
     """pexpect's regex searcher with a declared longest match (`longest_string`).
 
     With that declared and no search window, pexpect's Expecter searches each new
     read together with the last `longest_string` bytes of what it already had.
     """
 
-    def __init__(self, patterns: Sequence[object], longest: int) -> None:
-        super().__init__(patterns)
+    def __init__(self, patterns: Sequence[Searchable | type[pexpect.EOF | pexpect.TIMEOUT]],
+                 longest: int) -> None:
+        # The crash watch is pattern-like (a `search` method, all pexpect's searcher calls),
+        # not the re.Pattern pexpect's stub names.
+        super().__init__(patterns)  # type: ignore[arg-type]
         self.longest_string = longest
 
 
@@ -117,11 +128,12 @@ class _BoundedBuffer(io.BytesIO):
         return n
 
 
-class _Spawn(pexpect.fdpexpect.fdspawn):
-    def __init__(self, fd: int, **kwargs: object) -> None:
-        super().__init__(fd, **kwargs)  # type: ignore[arg-type]
-        # pexpect sets these per instance; bound them (see _BoundedBuffer).
-        self.buffer_type = _BoundedBuffer
+class _Spawn(_SpawnBase):
+    def __init__(self, fd: int, *, maxread: int) -> None:
+        super().__init__(fd, maxread=maxread)
+        # pexpect sets these per instance; bound them (see _BoundedBuffer). pexpect calls
+        # buffer_type to make a buffer (spawnbase.py); its stub types it as a buffer.
+        self.buffer_type = _BoundedBuffer  # type: ignore[assignment]
         self._buffer = _BoundedBuffer()
         self._before = _BoundedBuffer()
 
@@ -243,6 +255,23 @@ class SerialLog:
     def tail(self, n: int = 4096) -> str:
         return bytes(self._tail[-n:]).decode("utf-8", errors="replace")
 
+    def offset(self) -> int:
+        """Where the log file ends now: what a later `since` reads from.
+
+        The file is written unbuffered as bytes arrive, so its size is exact; it also
+        survives a crosvm relaunch, which a console buffer does not.
+        """
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def since(self, offset: int) -> bytes:
+        """What the log file holds from `offset` on (an `offset()` taken earlier)."""
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read()
+
     def close(self) -> None:
         if self._file is not None:
             self._release()
@@ -286,6 +315,12 @@ class _LogTee:
         self.log.flush()
 
 
+def _bytes(value: object) -> bytes:
+    """pexpect's `before`/`after` as bytes: empty where it holds none (None, or the EOF and
+    TIMEOUT markers after those patterns matched)."""
+    return bytes(value) if isinstance(value, bytes | bytearray) else b""
+
+
 def clean_output(data: bytes) -> str:
     """Command output as text: escape sequences dropped, CR/LF normalised, bad bytes replaced."""
     data = _ANSI.sub(b"", data)
@@ -315,6 +350,7 @@ class Console:
         self._crash_watch = profile.crash_watch(self._blocks)
         self.crash_allowed = False
         self.eof_seen = False
+        self.before = b""  # what came before the last match of `expect`
 
     def attach(self, master_fd: int) -> None:
         self.detach()
@@ -378,8 +414,10 @@ class Console:
                     transport[1].pause_reading()
             raise
         if index < n:
-            self.before = spawn.before
-            return spawn.match  # type: ignore[no-any-return]
+            self.before = _bytes(spawn.before)
+            match = spawn.match
+            assert isinstance(match, re.Match)
+            return match
         if watch and index == n:
             await self._raise_crash(spawn, time.monotonic() - started)
         if index == n + len(watch) + 1:
@@ -388,9 +426,9 @@ class Console:
         raise ConsoleTimeout(f"no {what} within {timeout:g} s", self.log.tail())
 
     async def _raise_crash(self, spawn: _Spawn, _elapsed: float) -> None:
-        start = max(0, len(spawn.before) - 4096)
-        head = bytes(spawn.before[start:])
-        crash = await self._finish_crash(spawn, head + bytes(spawn.after), len(head))
+        before = _bytes(spawn.before)
+        head = before[max(0, len(before) - 4096):]
+        crash = await self._finish_crash(spawn, head + _bytes(spawn.after), len(head))
         raise GuestCrashed(crash, self.log.tail())
 
     async def _finish_crash(self, spawn: _Spawn, data: bytes, at: int) -> Crash:
@@ -402,7 +440,7 @@ class Console:
         """
         with contextlib.suppress(Exception):
             index = await spawn.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=0.5, async_=True)
-            data += spawn.before if isinstance(spawn.before, bytes) else b""
+            data += _bytes(spawn.before)
             if index == 0:
                 # The VMM exited meanwhile (crosvm does on a pvpanic panic). pexpect reports
                 # an EOF only once: remember it, so the next wait says so at once.
@@ -411,6 +449,16 @@ class Console:
         if crash is None:  # the watch regex matched but the profile's finer scan did not
             crash = Crash(signature="crash", excerpt=clean_output(data[-4096:]), offset=0)
         return crash
+
+    async def relay(self) -> bytes | None:
+        """The next output as it arrives, for a person's terminal (harness.interactive); the
+        serial log gets it too. None once the VMM has closed the console. No crash watch:
+        the person reads what the guest says."""
+        spawn = self._spawn
+        if spawn is None:
+            return None
+        index = await spawn.expect([_ANY_BYTES, pexpect.EOF], timeout=None, async_=True)
+        return None if index == 1 else _bytes(spawn.after)
 
     async def wait_crash(self, timeout: float) -> Crash:
         """Wait for a crash signature (a test that panics the guest on purpose)."""
@@ -421,9 +469,8 @@ class Console:
             self.crash_allowed = False
         spawn = self._spawn
         assert spawn is not None
-        start = max(0, len(self.before) - 4096)
-        head = bytes(self.before[start:])
-        return await self._finish_crash(spawn, head + bytes(spawn.after), len(head))
+        head = self.before[max(0, len(self.before) - 4096):]
+        return await self._finish_crash(spawn, head + _bytes(spawn.after), len(head))
 
     async def run(self, command: str, timeout: float = 60.0) -> CommandResult:
         """Run `command` in the guest shell and return its exit status and output.
@@ -445,7 +492,7 @@ class Console:
         remaining = max(0.1, timeout - (time.monotonic() - started))
         m = await self.expect([re.compile(re.escape(end.encode()) + rb":(\d+)")], remaining,
                               what=f"end of command {command!r}")
-        output = clean_output(bytes(self.before))
+        output = clean_output(self.before)
         status = int(m.group(1))
         # Let the prompt arrive so the next command starts from a quiet shell.
         with contextlib.suppress(ConsoleTimeout):

@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from harness import jsonfile
 from harness.errors import ConfigError
@@ -171,7 +171,7 @@ class _Checker:
             if field not in self.seen:
                 self.fail(field, f"unknown field (known: {', '.join(sorted(self.seen))})")
 
-    def fail(self, field: str | None, problem: str) -> None:
+    def fail(self, field: str | None, problem: str) -> NoReturn:
         where = self.prefix.rstrip(".") or None if field is None else self.prefix + field
         raise ConfigError(self.file, self.entry, where, problem)
 
@@ -231,7 +231,7 @@ def _device_config(file: str, name: str, obj: Any) -> DeviceConfig:
             if not isinstance(value, want) or isinstance(value, bool):
                 c.fail(f"devices.{dev}.{key}", f"expected {want.__name__}, got {json.dumps(value)}")
             lo_hi = OPTION_RANGES.get((dev, key))
-            if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            if lo_hi is not None and isinstance(value, int) and not lo_hi[0] <= value <= lo_hi[1]:
                 c.fail(f"devices.{dev}.{key}",
                        f"must be from {lo_hi[0]} to {lo_hi[1]}, got {json.dumps(value)}")
             if want is str and not value:

@@ -32,15 +32,18 @@ from harness.console import (
     SerialLog,
     open_console_pty,
 )
-from harness.engines.base import Engine, ExitInfo, ExitKind, RestoreFrom, RunPaths, Vmm
+from harness.engines.base import Engine, RestoreFrom, RunPaths, Vmm, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
 from harness.folders import safe_name
 from harness.images.model import GuestImage
 from harness.profiles import Crash, Profile, get_profile
 from harness.workdirs import private_workdir
 
 _BOOT_ID = re.compile(rb"boot_id=([0-9a-f-]+)")
+# How long an exited VMM's console is still read for what it wrote last (see wait_exit).
+DRAIN_AFTER_EXIT_S = 2.0
 
 
 class BootTimeout(HarnessError):
@@ -84,6 +87,7 @@ class Guest:
         image: GuestImage,
         serial_log: Path,
         *,
+        setup: VmmSetup,
         workdir: Path | None = None,
         disks: Sequence[Path] = (),
         log_cap: int | None = None,
@@ -94,6 +98,7 @@ class Guest:
         self.env = env
         self.engine = engine
         self.image = image
+        self.setup = setup
         self.profile: Profile = get_profile(env.profile)
         self.workdir = workdir or private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         self._own_workdir = workdir is None if own_workdir is None else own_workdir
@@ -101,7 +106,8 @@ class Guest:
                               restore=restore)
         try:
             # Before anything is opened: an engine that refuses the inputs leaves nothing behind.
-            self.command_line: list[str] = engine.command(env, image, self.paths)
+            engine.check_image(env, image)
+            self.command_line: list[str] = engine.command(env, image, self.paths, setup)
             # An unwritable results folder (OutputError) leaves nothing behind either.
             self.log = SerialLog(serial_log, cap=log_cap)
         except BaseException:
@@ -118,7 +124,8 @@ class Guest:
     async def _launch(self) -> None:
         master, slave = open_console_pty()
         try:
-            self.vmm = await self.engine.launch(self.env, self.image, self.paths, slave)
+            self.vmm = await self.engine.launch(self.env, self.image, self.paths, self.setup,
+                                               slave)
         except BaseException:
             os.close(master)
             raise
@@ -220,12 +227,12 @@ class Guest:
                 raise BootTimeout(f"no boot marker within {timeout:g} s", e.tail) from None
             except ConsoleEOF:
                 info = await self._reap()
-                # crosvm exits on a reset (32) and, where pvpanic is present, on a panic (34)
-                # instead of letting the guest's panic=N reset it as QEMU does; under the
-                # environment's "reset" panic policy both must come back the same way.
+                # An engine that exits on a reset (crosvm: 32) and, where pvpanic is present,
+                # on a panic (crosvm: 34) instead of letting the guest's panic=N reset it as
+                # QEMU does: under the "reset" panic policy both must come back the same way.
                 resets = info.kind == ExitKind.RESET or (
                     info.kind == ExitKind.PANIC and self.env.panic_policy == "reset")
-                if resets and self.engine.name == "crosvm":
+                if resets and self.engine.relaunches_on_reset:
                     await self.relaunch(info)
                     continue
                 raise GuestExited(info, self.log.tail(), self.vmm_stderr()) from None
@@ -262,8 +269,7 @@ class Guest:
             await vmm.wait()
         await vmm.kill()  # kills if still running; always closes the control channel
         rc = vmm.returncode if vmm.returncode is not None else -9
-        exit_info = getattr(vmm, "exit_info", None)
-        info = await exit_info(rc) if exit_info else self.engine.classify_exit(rc)
+        info = await vmm.exit_info(rc) or self.engine.classify_exit(rc)
         self.exits.append(info)
         self.console.detach()
         return info
@@ -273,12 +279,15 @@ class Guest:
         vmm = self.vmm
         if vmm is None:
             return self.exits[-1]
-        if vmm.returncode is None:
-            with anyio.move_on_after(timeout):
-                # Keep the console drained while waiting, so the VMM never blocks on output.
-                with contextlib.suppress(ConsoleEOF, ConsoleTimeout):
-                    await self.console.expect([re.compile(rb"(?!x)x")], timeout, what="exit")
-                await vmm.wait()
+        # Read the console to its end while waiting: the VMM never blocks on output, and
+        # what the guest said last (`Requesting system poweroff`) reaches the serial log
+        # even when the VMM exited before this wait began. Once it has exited, the end
+        # is near: a process it left holding the console cannot make this wait long.
+        drain = timeout if vmm.returncode is None else min(timeout, DRAIN_AFTER_EXIT_S)
+        with anyio.move_on_after(timeout):
+            with contextlib.suppress(ConsoleEOF, ConsoleTimeout):
+                await self.console.expect([re.compile(rb"(?!x)x")], drain, what="exit")
+            await vmm.wait()
         if vmm.returncode is None:
             tail = self.log.tail()
             await vmm.kill()
@@ -351,7 +360,11 @@ class Guest:
 
     def expected_devices(self) -> frozenset[str]:
         """The configured devices plus what the engine always adds."""
-        return frozenset(self.env.devices.devices) | self.engine.implicit_devices(self.env)
+        return frozenset(self.env.devices.devices) | self.implicit_devices()
+
+    def implicit_devices(self) -> frozenset[str]:
+        """What the engine presents whatever the configuration says."""
+        return self.engine.implicit_devices(self.env)
 
     @property
     def capabilities(self) -> Mapping[str, Any]:

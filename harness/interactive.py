@@ -9,36 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import sys
 import termios
 import tty
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
-import pexpect
+import anyio.abc
 
 from harness.console import Console
+from harness.guest import Guest
 from harness.textsafe import name_safe
 
 ESCAPE = b"\x1d"  # Ctrl-]
-_ANY = re.compile(rb"(?s).+")
 
 
 async def pump_console(console: Console, write: Callable[[bytes], Awaitable[None]]) -> None:
     """Forward console output as it arrives until the VMM closes it."""
-    spawn = console._spawn
-    while spawn is not None:
-        index = await spawn.expect([_ANY, pexpect.EOF], timeout=None, async_=True)
-        if index == 1:
-            return
-        await write(bytes(spawn.after))
+    while (data := await console.relay()) is not None:
+        await write(data)
 
 
 @contextlib.contextmanager
-def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
+def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on the person's terminal for the session; restored whatever happens."""
     if not os.isatty(fd):
         yield
@@ -95,11 +90,11 @@ async def serve(console: Console, socket_path: Path) -> None:
         while True:
             client = await listener.accept()
             async with client, anyio.create_task_group() as tg:
-                async def write(data: bytes, client=client) -> None:
+                async def write(data: bytes, client: anyio.abc.ByteStream = client) -> None:
                     with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
                         await client.send(data)
 
-                async def keys(client=client) -> None:
+                async def keys(client: anyio.abc.ByteStream = client) -> None:
                     with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
                         while True:
                             console.send((await client.receive()).decode("latin-1"))
@@ -111,16 +106,16 @@ async def serve(console: Console, socket_path: Path) -> None:
                 return
 
 
-async def keep_serving(guests: Sequence[object], *, say: Callable[[str], None],
+async def keep_serving(guests: Sequence[Guest], *, say: Callable[[str], None],
                        until: Callable[[], Awaitable[object]] | None = None) -> None:
     """Keep failed tests' guests running, each console on a socket, until SIGINT/SIGTERM
     (or until `until` returns: the run's own signal handling, harness.signals)."""
     async with anyio.create_task_group() as tg:
         for guest in guests:
-            sock = guest.workdir / "console.sock"  # type: ignore[attr-defined]
-            tg.start_soon(serve, guest.console, sock)  # type: ignore[attr-defined]
-            pid = guest.vmm.pid if guest.vmm else "?"  # type: ignore[attr-defined]
-            say(f"kept {name_safe(guest.env.name)} (VMM pid {pid}) after its failure:\n"  # type: ignore[attr-defined]
+            sock = guest.workdir / "console.sock"
+            tg.start_soon(serve, guest.console, sock)
+            pid = guest.vmm.pid if guest.vmm else "?"
+            say(f"kept {name_safe(guest.env.name)} (VMM pid {pid}) after its failure:\n"
                 f"  attach: harness attach {sock}    (Ctrl-] detaches)\n"
                 f"  stop:   Ctrl-C here, or kill -TERM {os.getpid()}")
         if until is not None:

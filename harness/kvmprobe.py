@@ -2,8 +2,8 @@
 
 /dev/kvm opening is not enough: on a nested paravirtual KVM it opens and every
 real guest then dies with "KVM internal error ... emulation failure". Only a
-boot to the marker proves it, so that is what the probe does (once; the engine
-caches the verdict on disk).
+boot to the marker proves it, so that is what the probe does (once: harness.accel
+keeps the verdict on disk, for both engines).
 
 Neither VMM exits when KVM fails a guest this way, so the probe also watches the
 VMM's stderr for the words each one uses, and ends as soon as one appears:
@@ -20,18 +20,16 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
-from harness.environments import Environment, ImageRef
+from harness.engines.base import Engine, VmmSetup
+from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.fuchsia.tefmocheck import vmm_failure
+from harness.guest import Guest
+from harness.images.environment import image_for
 from harness.profiles.base import clean_text
-
-if TYPE_CHECKING:
-    from harness.engines.base import Engine
-    from harness.guest import Guest
 
 # A working KVM boots the image to its shell in a second or two; one that takes
 # longer than this is no better than TCG (here, a nested paravirtual KVM runs the
@@ -44,27 +42,12 @@ STDERR_READ_MAX = 64 * 1024
 _LINE_CARRY_MAX = 4096
 
 
-# What proves KVM for an environment that boots a build's product bundle: its image is each
-# test's, and has no shell to reach, so the embedded Linux guest of the arch boots instead.
-PRODUCT_BUNDLE_PROBE_IMAGE = "debian-generic"
+async def probe_boot(engine: Engine, env: Environment, binary: str) -> tuple[bool, str]:
+    """Boot `env`'s image with `binary` under KVM; (True, how long) or (False, why).
 
-
-def probe_environment(env: Environment) -> Environment:
-    """The environment whose boot proves KVM for `env`: itself, or for one that boots a
-    product bundle, the same machine with the embedded Linux guest (whose verdict the
-    Linux environments of that engine and arch share)."""
-    if not env.image.product_bundle:
-        return env
-    return dataclasses.replace(env, profile="linux", kernel_args=(),
-                               image=ImageRef(name=PRODUCT_BUNDLE_PROBE_IMAGE))
-
-
-async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
-    """Boot `env`'s image with accel=kvm and no devices; (True, how long) or (False, why)."""
-    from harness.app import image_for
-    from harness.guest import Guest
-
-    env = probe_environment(env)
+    `env` is the environment that proves KVM (harness.accel.probe_environment: one
+    with a shell to reach).
+    """
     try:
         image = await anyio.to_thread.run_sync(image_for, env)
     except HarnessError as e:
@@ -72,7 +55,8 @@ async def probe_boot(engine: Engine, env: Environment) -> tuple[bool, str]:
     probe_env = dataclasses.replace(env, accel="kvm", boot_timeout_s=PROBE_TIMEOUT_S)
     with tempfile.TemporaryDirectory(prefix="harness-kvm-probe-") as tmp:
         try:
-            guest = Guest(probe_env, engine, image, Path(tmp) / "serial.log")
+            guest = Guest(probe_env, engine, image, Path(tmp) / "serial.log",
+                          setup=VmmSetup(binary, "kvm"))
         except HarnessError as e:
             return False, f"probe boot impossible: {e}"
         verdict: list[tuple[bool, str]] = []

@@ -66,21 +66,21 @@ def parse_log(data: bytes, *, profile: str = "linux", fmt: str | None = None,
         "crashes": [
             {"signature": c.signature, "excerpt": c.excerpt, "offset": c.offset} for c in crashes
         ],
-        "tefmocheck": _crash_scan(data, profile, host_log, syslog, failed),
+        "tefmocheck": _crash_scan(data, guest.crash_scan_serial, host_log, syslog, failed),
         "format": name,
         "cases": [c.to_json() for c in cases],
         "totals": totals,
     }
 
 
-def _crash_scan(serial: bytes, profile: str, host_log: bytes | None, syslog: bytes | None,
-                failed: bool) -> dict[str, Any]:
+def _crash_scan(serial: bytes, scan_serial: bool, host_log: bytes | None,
+                syslog: bytes | None, failed: bool) -> dict[str, Any]:
     status = Status.FAIL if failed else Status.PASS
     outputs = tefmocheck.TestingOutputs(
         test_summary=[tefmocheck.TestDetails("log", status)], task_failed=failed,
         task_id="log")
     scanned = []
-    if profile in tefmocheck.SERIAL_PROFILES:
+    if scan_serial:
         outputs.serial_logs.append(serial)
         scanned.append(tefmocheck.LogType.SERIAL.value)
     if host_log is not None:

@@ -53,6 +53,7 @@ from typing import Any, TextIO
 from harness.environments import Environment, EnvironmentSet
 from harness.errors import ConfigError
 from harness.fuchsia.build import BundleSet, ProductBundle, boot_skip
+from harness.profiles import get_profile
 from harness.spec import SpecEnvironment, TestSpec, paused_gc
 from harness.textsafe import name_safe
 
@@ -200,15 +201,15 @@ def eligible(spec: TestSpec, env: Environment, *, testsharder: bool) -> bool:
     """Whether `spec` may run on `env` at all, whatever the dimensions say.
 
     A boot test boots a product bundle, so only an environment that boots one can
-    run it. Under Fuchsia's matching, an `os: fuchsia` test needs a Fuchsia guest
-    (Zircon profile) and any other test a guest that is not (a Linux guest runs
-    its `path`).
+    run it. Under Fuchsia's matching, an `os: fuchsia` test needs a guest whose
+    profile runs Fuchsia's programs (Zircon) and any other test a guest that does
+    not (a Linux guest runs its `path`).
     """
     if spec.is_boot_test:
         return env.image.product_bundle
     if not testsharder:
         return True
-    return (env.profile == "zircon") == (spec.os == "fuchsia")
+    return (get_profile(env.profile).os == "fuchsia") == (spec.os == "fuchsia")
 
 
 def _tie_key(env: Environment, dims: Mapping[str, str]) -> tuple[int, str]:
@@ -315,7 +316,7 @@ def run_environment(run: PlannedRun, entropy_mixin: str = "") -> Environment:
     extra = run.spec_environment.kernel_args if run.spec_environment is not None else ()
     if extra:
         changes["kernel_args"] = (*env.kernel_args, *extra)
-    if entropy_mixin and env.profile == "zircon":
+    if entropy_mixin and get_profile(env.profile).takes_entropy_mixin:
         changes["entropy_mixin"] = entropy_mixin
     if run.spec.is_boot_test:
         changes["no_reboot"] = True
@@ -474,14 +475,21 @@ def acknowledge_sharding(environ: Mapping[str, str]) -> Path | None:
 # ---------------------------------------------------------------------------- output
 
 
-def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | None
+def _sharded(plan: Plan, total_shards: int, durations: Mapping[str, float] | None,
+             shard_index: int | None = None
              ) -> tuple[list[PlannedRun], list[list[PlannedRun]]]:
-    _validate(None, total_shards, "arguments")
+    """The plan's runs in plan order with their shards set (only shard `shard_index`'s when
+    one is given), and every shard."""
+    _validate(shard_index, total_shards, "arguments")
     if total_shards == 1 and all(run.shard == 0 for run in plan.runs):
-        return plan.runs, [plan.runs]  # one shard: nothing to sort or assign
-    shards = assign_shards(plan.runs, total_shards, durations)
-    by_key = {run.key: run for s in shards for run in s}
-    return [by_key[run.key] for run in plan.runs], shards
+        runs, shards = plan.runs, [plan.runs]  # one shard: nothing to sort or assign
+    else:
+        shards = assign_shards(plan.runs, total_shards, durations)
+        by_key = {run.key: run for s in shards for run in s}
+        runs = [by_key[run.key] for run in plan.runs]
+    if shard_index is not None:
+        runs = [run for run in runs if run.shard == shard_index]
+    return runs, shards
 
 
 def _run_json(run: PlannedRun, argv: list[str] | None) -> dict[str, Any]:
@@ -502,9 +510,15 @@ def _run_json(run: PlannedRun, argv: list[str] | None) -> dict[str, Any]:
     }
 
 
-def _tail_json(plan: Plan, shards: list[list[PlannedRun]]) -> dict[str, Any]:
+def _tail_json(plan: Plan, shards: list[list[PlannedRun]], shard_index: int | None
+               ) -> dict[str, Any]:
+    """What follows the runs: without a shard index, each shard's keys (a CI matrix); with
+    one, which shard the runs are."""
+    shard: dict[str, Any] = (
+        {"shards": [[run.key for run in s] for s in shards]} if shard_index is None
+        else {"shard_index": shard_index, "total_shards": len(shards)})
     return {
-        "shards": [[run.key for run in s] for s in shards],
+        **shard,
         "disabled": [spec.name for spec in plan.disabled],
         "unmatched": [
             {"test": spec.name, "index": spec.index, "dimensions": dict(env.dimensions),
@@ -521,10 +535,16 @@ def plan_json(
     argv_for: Callable[[PlannedRun], list[str] | None],
     total_shards: int = 1,
     durations: Mapping[str, float] | None = None,
+    shard_index: int | None = None,
 ) -> dict[str, Any]:
-    """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null."""
-    runs, shards = _sharded(plan, total_shards, durations)
-    return {"runs": [_run_json(run, argv_for(run)) for run in runs], **_tail_json(plan, shards)}
+    """The plan as `harness plan --json` prints it; `argv` is the VMM command, or null.
+
+    With `shard_index`, the runs are that shard's only (what `harness run` with the same
+    shard runs); without, every run, and `shards` lists each shard's keys.
+    """
+    runs, shards = _sharded(plan, total_shards, durations, shard_index)
+    return {"runs": [_run_json(run, argv_for(run)) for run in runs],
+            **_tail_json(plan, shards, shard_index)}
 
 
 def write_plan_json(
@@ -533,30 +553,34 @@ def write_plan_json(
     out: TextIO,
     total_shards: int = 1,
     durations: Mapping[str, float] | None = None,
-) -> None:
-    """`plan_json`'s document written to `out` one run at a time.
+    shard_index: int | None = None,
+) -> int:
+    """`plan_json`'s document written to `out` one run at a time; how many runs it holds.
 
     Building the whole document first costs memory and time in proportion to
     every run's argv (50,000 runs: 1.6 GB and a minute); written run by run, the
     runs the plan already holds are the only large thing in memory.
     """
-    runs, shards = _sharded(plan, total_shards, durations)
+    runs, shards = _sharded(plan, total_shards, durations, shard_index)
     out.write('{\n "runs": [')
     for i, run in enumerate(runs):
         out.write((",\n  " if i else "\n  ") + json.dumps(_run_json(run, argv_for(run))))
     out.write("\n ]" if runs else "]")
-    for key, value in _tail_json(plan, shards).items():
+    for key, value in _tail_json(plan, shards, shard_index).items():
         out.write(f",\n {json.dumps(key)}: {json.dumps(value)}")
     out.write("\n}\n")
+    return len(runs)
 
 
 def plan_text(
     plan: Plan,
     total_shards: int = 1,
     durations: Mapping[str, float] | None = None,
+    shard_index: int | None = None,
 ) -> str:
-    """A table for people: one line per run, then what was disabled, unmatched or duplicated."""
-    runs, _ = _sharded(plan, total_shards, durations)
+    """A table for people: one line per run (of shard `shard_index` only, when given: what
+    `harness run` with that shard runs), then what was disabled, unmatched or duplicated."""
+    runs, _ = _sharded(plan, total_shards, durations, shard_index)
     header: tuple[str, ...] = ("SHARD", "ENVIRONMENT", "TEST", "SUITE", "ENGINE", "ARCH",
                                "BLOCKING", "STATUS")
     rows: list[tuple[str, ...]] = [
@@ -584,8 +608,10 @@ def plan_text(
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     skipped = sum(run.skip_reason is not None for run in runs)
-    lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped)"
-                 + (f" on {total_shards} shards" if total_shards > 1 else ""))
+    where = (f" in shard {shard_index} of {total_shards} (of {len(plan.runs)} in all)"
+             if shard_index is not None else
+             f" on {total_shards} shards" if total_shards > 1 else "")
+    lines.append(f"{len(runs)} runs ({len(runs) - skipped} to run, {skipped} skipped){where}")
     if plan.disabled:
         lines.append("disabled (no environments): "
                      + ", ".join(name_safe(s.name) for s in plan.disabled))

@@ -10,16 +10,30 @@ from __future__ import annotations
 import shlex
 
 from harness.outputs import write_file
+from harness.parsers import FORMATS, detect
 from harness.results import Status
+from harness.spec import TestSpec
 from harness.suite import TestContext
+
+# Fuchsia sets no deadline on a test without timeout_secs; the harness gives a program this
+# one, so that a hung guest cannot hold a run forever.
+DEFAULT_TIMEOUT_S = 300.0
+# The command in the guest waits this much longer than the test's deadline, so that the
+# runner's deadline (ABORT, `test deadline of N s exceeded`) is always the one that fires.
+_BACKUP_S = 10.0
+
+
+def program_deadline(spec: TestSpec) -> float:
+    """A program's deadline: its timeout_secs, else DEFAULT_TIMEOUT_S (the runner's and this
+    module's alike)."""
+    return float(spec.timeout_secs or DEFAULT_TIMEOUT_S)
 
 
 async def run_program(t: TestContext) -> None:
-    from harness.parsers import FORMATS, detect
-
+    """A tests.json entry with a `path`: run it in the guest and parse its output."""
     spec = t.spec
-    # The runner's deadline (the same timeout_secs) governs; this one only backs it up.
-    timeout = float(spec.timeout_secs or 600) + 10
+    # The runner's deadline governs; this one only backs it up.
+    timeout = program_deadline(spec) + _BACKUP_S
     args = t.params.get("args") or []
     command = shlex.join([spec.path, *[str(a) for a in args]])
     result = await t.guest.run(command, timeout=timeout)

@@ -1,9 +1,11 @@
-"""Re-run one test of an earlier run, exactly: `harness repro RESULTS_DIR TEST`.
+"""Repro lines: how one test of a run is re-run exactly (`harness repro RESULTS_DIR TEST`).
 
 The runner stores, with each result, the `harness run` line that selects the
 same inputs (tests.json, environments.json, suite paths, all absolute) and
-narrows them to that one test (`-k`) on that one environment (`--env`). This
-module finds a result in a run's summary.json and runs that line again.
+narrows them to that one test (`-k`) on that one environment (`--env`), and
+writes it as the test folder's repro.sh. This module makes those lines, and
+finds a result in a run's summary.json with the arguments that re-run it
+(`harness repro` runs them: harness.app.repro_command, then the command line).
 
 Only the arguments after `run` are taken from the file; the program is always
 the harness now running, called in-process. Two reasons: a results directory
@@ -27,7 +29,7 @@ from pathlib import Path
 from harness.errors import ConfigError
 from harness.report.summary import load_summary
 from harness.results import TestResult
-from harness.textsafe import name_safe, terminal_safe
+from harness.textsafe import name_safe
 
 SUMMARY = "summary.json"
 REPRO_SCRIPT = "repro.sh"
@@ -204,25 +206,3 @@ def load_repro(results_dir: Path, test: str, env: str | None = None) -> Repro:
                               f"{option} {path} no longer exists; the run's inputs must still "
                               "be there to re-run it with the same inputs")
     return Repro(result, summary, tuple(args))
-
-
-def repro_command(results_dir: Path, test: str, env: str | None = None, *,
-                  print_only: bool = False, out: str | None = None) -> int:
-    """`harness repro`: print the command, or run it in-process and return its exit status."""
-    repro = load_repro(results_dir, test, env)
-    args = list(repro.args)
-    if out:
-        args += ["--out", out]
-    command = shlex.join([*harness_command(), *args])
-    if print_only:
-        print(command)  # exact, for a pipe or a script (the terminal lines below are escaped)
-        return 0
-    result = repro.result
-    if result.status.ok:
-        print(f"harness repro: note: {name_safe(result.key)} was {result.status.value} in that "
-              "run", file=sys.stderr)
-    print(f"harness repro: {name_safe(result.key)}: {terminal_safe(command)}", file=sys.stderr,
-          flush=True)
-    from harness.cli import main
-
-    return main(args)

@@ -14,44 +14,47 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import inspect
 import os
 import secrets
 import shlex
 import shutil
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from harness.console import ConsoleEOF, ConsoleTimeout, GuestCrashed
-from harness.engines.base import Engine
+from harness.accel import Accel
+from harness.disks import make_disk_paths, make_disks
+from harness.engines.base import Engine, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError, OutputError
 from harness.folders import run_folders, safe_name
 from harness.fuchsia import boottest, serialtester
 from harness.fuchsia.build import describe as describe_bundle
 from harness.fuchsia.tefmocheck import synthetic_results
-from harness.guest import BootTimeout, Guest, GuestExited
+from harness.guest import Guest
 from harness.images.model import GuestImage
-from harness.kvmprobe import probe_environment
 from harness.outputs import Terminal, describe, write_file
 from harness.plan import PlannedRun, run_environment
+from harness.profiles import get_profile
 from harness.profiles.zircon import ENTROPY_MIXIN_BYTES
+from harness.programs import program_deadline, run_program
 from harness.recorder import Recorder
+from harness.report.terminal import finished_lines, progress_line
 from harness.repro import REPRO_SCRIPT, exact_glob, write_repro_script  # issue 5
 from harness.results import Attempt, RunResult, Status, TestResult
 from harness.snapshot import GuestStarter, split_group  # issue 13: boot once, restore per test
 from harness.snapshot_store import SnapshotStore
+from harness.spec import TestSpec
 from harness.stoptoken import Stopped
-from harness.suite import Skip, SuiteTest, TestContext
-from harness.textsafe import name_safe, terminal_safe
+from harness.suite import SuiteTest, TestContext, TestFunc
+from harness.textsafe import name_safe
+from harness.verdicts import ending
 from harness.workdirs import private_workdir
-
-DISK_PATTERN_OFFSET = 1 << 20  # where the host writes its pattern before boot
 
 
 @dataclasses.dataclass
@@ -87,6 +90,7 @@ class _EnvState:
         self.lock = anyio.Lock()
         self.checked = False
         self.unavailable: str | None = None
+        self.setup: VmmSetup | None = None
         self.image: GuestImage | None = None
         self.image_error: str | None = None
 
@@ -100,12 +104,14 @@ class Runner:
         options: RunOptions,
         *,
         image_for: Callable[[Environment], GuestImage],
+        accel: Accel | None = None,
     ) -> None:
         self.runs = list(runs)
         self.tests = tests
         self.engines = engines
         self.opt = options
         self.image_for = image_for
+        self.accel = accel or Accel()
         self.term = options.terminal or Terminal(enabled=options.progress)
         self.results: dict[str, TestResult] = {}
         # The crash scan's synthetic tests (tefmocheck), by the key of the test whose logs
@@ -237,8 +243,8 @@ class Runner:
                     state.unavailable = f"no engine named {env.engine}"
                 else:
                     try:
-                        state.unavailable = await engine.unavailable(probe_environment(env))
-                    except HarnessError as e:
+                        state.setup = await self.accel.resolve(engine, env)
+                    except HarnessError as e:  # EnvironmentUnavailable, and a probe's error
                         state.unavailable = str(e)
                     except OSError as e:  # the KVM verdict's cache, for one
                         state.image_error = f"host error: {describe(e)}"
@@ -262,7 +268,7 @@ class Runner:
                         self._output_error(state.image_error)
         return state
 
-    def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[Any]:
+    def _exclusive(self, env: Environment) -> contextlib.AbstractAsyncContextManager[None]:
         """A host resource only one guest can hold at a time: a named TAP device.
 
         Two crosvm guests cannot open the same TAP, so guests of environments naming
@@ -318,8 +324,9 @@ class Runner:
                                   f"{self.opt.retries + 1})")
         # Fuchsia's crash scan over the finished test's logs (which can be large: off the
         # event loop): what it finds becomes synthetic tests next to this one.
-        found = await anyio.to_thread.run_sync(
-            synthetic_results, result, self.opt.out_dir, run.environment.profile)
+        scan = functools.partial(synthetic_results, result, self.opt.out_dir,
+                                 scan_serial=get_profile(run.environment.profile).crash_scan_serial)
+        found = await anyio.to_thread.run_sync(scan)
         self._finished(result, found)
         return shared
 
@@ -332,62 +339,33 @@ class Runner:
 
     async def _attempt(self, run: PlannedRun, n: int, shared: Guest | None, *, sharing: bool
                        ) -> tuple[Attempt, Guest | None]:
+        """One attempt of `run`: what it needs from the host, a guest (booted for it, or the
+        shared one), the test, and its verdict (harness.verdicts); returns the guest the
+        next shared test may reuse."""
         env = run.environment
         folder = self._folder(run, n)
         attempt = Attempt(Status.PASS, start_time=_now())
         t0 = time.monotonic()
-        result = self.results[run.key]
         if run.bundle_name:
             # Named on every attempt, so JUnit and summary.json say which bundle even of a
             # run that was skipped or could not boot it.
             attempt.properties["product_bundle"] = run.bundle_name
-        if run.skip_reason:
-            attempt.status, attempt.message = Status.SKIP, run.skip_reason
+        needs = await self._needs(run, attempt)
+        if needs is None:
             return attempt, shared
-        if run.bundle_problem is not None:
-            # The build's fault, for the tests that need this bundle only.
-            attempt.status = Status.INFRA_FAIL
-            attempt.message = (f"product bundle {run.bundle_name} cannot be booted: "
-                               f"{run.bundle_problem}")
-            return attempt, shared
-        state = await self._env_state(env)
-        if state.unavailable:
-            attempt.status, attempt.message = Status.SKIP, state.unavailable
-            return attempt, shared
-        image: GuestImage
-        if env.image.product_bundle:
-            if run.bundle is None:  # the plan skips these; only a hand-made plan gets here
-                attempt.status = Status.INFRA_FAIL
-                attempt.message = f"{env.name} boots a product bundle, and the run has none"
-                return attempt, shared
-            image = run.bundle.image(env.arch)
-            attempt.properties.update(describe_bundle(run.bundle, self.opt.bundle_base
-                                                      or run.bundle.directory))
-        elif state.image_error or state.image is None:
-            attempt.status = Status.INFRA_FAIL
-            attempt.message = f"guest image unavailable: {state.image_error}"
-            return attempt, shared
-        else:
-            image = state.image
+        image, setup = needs
         engine = self.engines[env.engine]
-        result.accel = engine.accel(env)
-        result.kernel = image.kernel_version
-        vmm_version = getattr(engine, "vmm_version", None)  # engines that can tell (crosvm)
-        result.vmm_version = vmm_version(env) if vmm_version is not None else ""
-        test = self.tests.get(run.spec.name)
+        result = self.results[run.key]
+        result.accel, result.kernel = setup.accel, image.kernel_version
+        result.vmm_version = setup.version
+        func, timeout = self._test_of(run)
         guest = shared if (shared is not None and shared.running) else None
         keep: Guest | None = None
-        timeout = float(run.spec.timeout_secs or (test.timeout_s if test else 300.0))
-        func = test.func if test else _program_test
-        if test is None and serialtester.handles(run.spec, env):  # issue 11: Fuchsia's tester
-            func, timeout = self.serial_tester.test, serialtester.outer_timeout(run.spec)
-        if run.spec.is_boot_test:
-            accel = run.spec_environment.accel if run.spec_environment else ""
-            timeout = boottest.timeout_s(run.spec.timeout_secs, accel)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if run.spec.is_boot_test:
-                guest = self._new_guest(self._boot_environment(run), engine, image, folder)
+                guest = self._new_guest(self._boot_environment(run), engine, image, setup,
+                                        folder)
                 self._write_command(folder, guest)
                 await self._boot_test(run, guest, attempt, timeout)
                 await self._wrap_up(attempt, guest, None, folder, t0)
@@ -397,68 +375,17 @@ class Runner:
                     await shared.close()
                 # issue 13: restored from the environment's snapshot, or booted.
                 guest = await self.starter.new_guest(run, self._boot_environment(run), engine,
-                                                     image, folder)
+                                                     image, setup, folder)
                 self._write_command(folder, guest)
-                # A test's own bootup_timeout_secs replaces the environment's boot deadline.
-                boot_timeout = run.spec.bootup_timeout_secs or env.boot_timeout_s
-                with anyio.fail_after(boot_timeout + 30):
-                    _boot, started = await self.starter.start(guest, boot_timeout)
-                attempt.properties.update(started)
+                await self._boot(run, guest, attempt)
             else:
                 guest.log.redirect(folder / "serial.log")
                 guest.log.mark(f"test {run.spec.name}: guest shared, booted earlier")
                 self._write_command(folder, guest)
-            ctx = TestContext(guest=guest, env=env, spec=run.spec, folder=folder,
-                              params=spec_params(run.spec))
-            try:
-                with anyio.fail_after(timeout):
-                    await func(ctx)
-            finally:
-                attempt.cases = ctx.cases
-                attempt.properties.update(ctx.properties)
-                if ctx.notes:
-                    attempt.details = "\n".join(ctx.notes)
-            failed = [c for c in ctx.cases if c.status == Status.FAIL]
-            if failed:
-                attempt.status = Status.FAIL
-                attempt.message = f"{len(failed)} of {len(ctx.cases)} cases failed: " + \
-                    ", ".join(c.name for c in failed[:5])
+            assert func is not None  # only a boot test has none
+            await self._run_test(run, func, timeout, guest, folder, attempt)
             if sharing and guest.running and attempt.status == Status.PASS:
                 keep = guest
-        except Skip as e:
-            attempt.status, attempt.message = Status.SKIP, str(e)
-            keep = guest if sharing and guest is not None and guest.running else None
-        except AssertionError as e:
-            attempt.status = Status.FAIL
-            attempt.message = _first_line(str(e)) or "assertion failed"
-            attempt.details = _assert_details(e)
-        except GuestCrashed as e:
-            attempt.status = Status.FAIL
-            attempt.message = f"guest crashed: {e.crash.signature}"
-            attempt.details = e.crash.excerpt
-        except BootTimeout as e:
-            attempt.status = Status.ABORT
-            attempt.message = str(e)
-            attempt.details = e.tail
-        except GuestExited as e:
-            attempt.status = Status.INFRA_FAIL if e.info.infra else Status.FAIL
-            attempt.message = str(e)
-            attempt.details = (e.stderr and f"VMM stderr:\n{e.stderr}\n") + e.tail
-        except (ConsoleTimeout, ConsoleEOF) as e:
-            attempt.status = Status.ABORT if isinstance(e, ConsoleTimeout) else Status.FAIL
-            attempt.message = str(e)
-            attempt.details = e.tail
-        except TimeoutError:
-            attempt.status = Status.ABORT
-            attempt.message = f"test deadline of {timeout:g} s exceeded"
-        except OutputError as e:  # the serial log could not be written
-            attempt.status, attempt.message = Status.INFRA_FAIL, str(e)
-            self._output_error(str(e))
-        except HarnessError as e:
-            attempt.status, attempt.message = Status.INFRA_FAIL, str(e)
-        except OSError as e:  # the host refused a file, a directory, a process: one line
-            attempt.status, attempt.message = Status.INFRA_FAIL, f"host error: {describe(e)}"
-            self._output_error(attempt.message)
         except anyio.get_cancelled_exc_class():
             attempt.status = Status.ABORT
             attempt.message = self.interrupted or "cancelled"
@@ -466,10 +393,15 @@ class Runner:
                 await self._wrap_up(attempt, guest, None, folder, t0)
             self.results[run.key].attempts.append(attempt)
             raise
-        except Exception as e:  # a bug in a suite or in the harness: say so, keep running
-            attempt.status = Status.INFRA_FAIL
-            attempt.message = f"harness error: {type(e).__name__}: {e}"
-            attempt.details = traceback.format_exc()
+        except Exception as e:
+            end = ending(e, deadline_s=timeout)
+            attempt.status, attempt.message = end.status, end.message
+            if end.details is not None:
+                attempt.details = end.details
+            if end.host_error:
+                self._output_error(end.message)
+            if end.status == Status.SKIP and sharing and guest is not None and guest.running:
+                keep = guest  # a test that skips leaves the guest as it found it
         await self._wrap_up(attempt, guest, keep, folder, t0)
         if attempt.status in (Status.PASS, Status.FAIL) and guest is not None \
                 and guest.log.error is not None:
@@ -482,16 +414,100 @@ class Runner:
                 keep = None
         return attempt, keep
 
-    def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, folder: Path
-                   ) -> Guest:
+    async def _needs(self, run: PlannedRun, attempt: Attempt
+                     ) -> tuple[GuestImage, VmmSetup] | None:
+        """The image `run` boots and the setup its VMM launches with; None, with the
+        attempt's verdict set, when it cannot run (a planned skip, a bundle that cannot be
+        booted, an environment or image this host cannot have)."""
+        env = run.environment
+        if run.skip_reason:
+            attempt.status, attempt.message = Status.SKIP, run.skip_reason
+            return None
+        if run.bundle_problem is not None:
+            # The build's fault, for the tests that need this bundle only.
+            attempt.status = Status.INFRA_FAIL
+            attempt.message = (f"product bundle {run.bundle_name} cannot be booted: "
+                               f"{run.bundle_problem}")
+            return None
+        state = await self._env_state(env)
+        if state.unavailable:
+            attempt.status, attempt.message = cannot_run(env, state.unavailable)
+            return None
+        if env.image.product_bundle:
+            if run.bundle is None:  # the plan skips these; only a hand-made plan gets here
+                attempt.status = Status.INFRA_FAIL
+                attempt.message = f"{env.name} boots a product bundle, and the run has none"
+                return None
+            attempt.properties.update(describe_bundle(run.bundle, self.opt.bundle_base
+                                                      or run.bundle.directory))
+            image = run.bundle.image(env.arch)
+        elif state.image_error or state.image is None:
+            attempt.status, attempt.message = cannot_run(
+                env, f"guest image unavailable: {state.image_error}")
+            return None
+        else:
+            image = state.image
+        assert state.setup is not None  # resolved, or the environment is unavailable
+        return image, state.setup
+
+    def _test_of(self, run: PlannedRun) -> tuple[TestFunc | None, float]:
+        """What runs in the guest for `run`, and its deadline: a suite's test (its
+        timeout_secs, else the test's own), a tests.json program (its timeout_secs, else
+        programs.DEFAULT_TIMEOUT_S), Fuchsia's serial tester on a Zircon guest (the timeout
+        plus testrunner's grace); for a boot test nothing (it is judged from serial) and
+        seriallistener's timeout."""
+        test = self.tests.get(run.spec.name)
+        env = run.environment
+        if run.spec.is_boot_test:
+            accel = run.spec_environment.accel if run.spec_environment else ""
+            return None, boottest.timeout_s(run.spec.timeout_secs, accel)
+        if test is not None:
+            return test.func, float(run.spec.timeout_secs or test.timeout_s)
+        if serialtester.handles(run.spec, env):  # issue 11: Fuchsia's tester
+            return self.serial_tester.test, serialtester.outer_timeout(run.spec)
+        return run_program, program_deadline(run.spec)
+
+    async def _boot(self, run: PlannedRun, guest: Guest, attempt: Attempt) -> None:
+        """Restore or launch `guest` and wait for its shell; how it started (restore or
+        boot) and how long it took are properties."""
+        # A test's own bootup_timeout_secs replaces the environment's boot deadline.
+        boot_timeout = run.spec.bootup_timeout_secs or run.environment.boot_timeout_s
+        with anyio.fail_after(boot_timeout + 30):
+            # issue 13: restored from the environment's snapshot, or booted.
+            _boot, started = await self.starter.start(guest, boot_timeout)
+        attempt.properties.update(started)
+
+    @staticmethod
+    async def _run_test(run: PlannedRun, func: TestFunc, timeout: float, guest: Guest,
+                        folder: Path, attempt: Attempt) -> None:
+        """Run the test under its deadline; its cases, properties and notes go into the
+        attempt whatever happens, and a failed case fails it."""
+        ctx = TestContext(guest=guest, env=run.environment, spec=run.spec, folder=folder,
+                          params=spec_params(run.spec))
+        try:
+            with anyio.fail_after(timeout):
+                await func(ctx)
+        finally:
+            attempt.cases = ctx.cases
+            attempt.properties.update(ctx.properties)
+            if ctx.notes:
+                attempt.details = "\n".join(ctx.notes)
+        failed = [c for c in ctx.cases if c.status == Status.FAIL]
+        if failed:
+            attempt.status = Status.FAIL
+            attempt.message = f"{len(failed)} of {len(ctx.cases)} cases failed: " + \
+                ", ".join(c.name for c in failed[:5])
+
+    def _new_guest(self, env: Environment, engine: Engine, image: GuestImage, setup: VmmSetup,
+                   folder: Path) -> Guest:
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         try:
             disks = make_disks(env, workdir)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
-                      log_cap=self.opt.log_cap, own_workdir=True)
+        guest = Guest(env, engine, image, folder / "serial.log", setup=setup, workdir=workdir,
+                      disks=disks, log_cap=self.opt.log_cap, own_workdir=True)
         if env.entropy_mixin:
             guest.log.redact(env.entropy_mixin.encode())
         return guest
@@ -567,28 +583,29 @@ class Runner:
         if found:
             self.synthetic[result.key] = found
         self._finished_count += 1
-        line = (self.opt.progress_line or progress_line)(result, self._finished_count,
-                                                          len(self.runs))
-        lines = [line] if line else []
-        for s in found:
-            lines.append(f"        {'FLAKY' if s.flaky else s.status.value}: "
-                         f"{name_safe(s.test)}: {terminal_safe(s.attempts[0].message)[:200]}")
+        progress = (self.opt.progress_line or progress_line)(result, self._finished_count,
+                                                              len(self.runs))
+        lines = finished_lines(result, found, progress)
         if not result.status.ok and result.repro:
-            # Escaped for the terminal; repro.sh holds the exact line.
-            lines.append(f"        repro: {terminal_safe(result.repro)}")
-            # issue 5: the repro line also goes in the test's folder, as repro.sh.
-            try:
-                script = write_repro_script(self.opt.out_dir, result)
-            except OSError as e:
-                line = f"cannot write {self.opt.out_dir / result.folder / REPRO_SCRIPT}: " \
-                    f"{e.strerror or e}"
-                lines.append(f"        {line}")
-                self._output_error(line)
-            else:
-                if script and result.attempts:
-                    result.final.artifacts[REPRO_SCRIPT] = script
+            problem = self._save_repro(result)
+            if problem is not None:
+                lines.append(f"        {problem}")
         assert self.recorder is not None
         self.recorder.finished(result, lines, found)
+
+    def _save_repro(self, result: TestResult) -> str | None:
+        """The repro line also goes in the test's folder, as repro.sh (issue 5); what went
+        wrong writing it, if anything (the host's fault: the run's exit status is 3)."""
+        try:
+            script = write_repro_script(self.opt.out_dir, result)
+        except OSError as e:
+            problem = f"cannot write {self.opt.out_dir / result.folder / REPRO_SCRIPT}: " \
+                f"{e.strerror or e}"
+            self._output_error(problem)
+            return problem
+        if script and result.attempts:
+            result.final.artifacts[REPRO_SCRIPT] = script
+        return None
 
     def _blank(self, r: PlannedRun) -> TestResult:
         test = self.tests.get(r.spec.name)
@@ -618,6 +635,19 @@ class Runner:
         return res
 
 
+def cannot_run(env: Environment, reason: str) -> tuple[Status, str]:
+    """The verdict of a test whose environment cannot run on this host (no engine binary,
+    KVM that cannot run guests, an image that cannot be built).
+
+    A blocking environment that was asked for and cannot run is the builder's failure,
+    INFRA_FAIL: a blocking crosvm builder on a host without crosvm must not be green.
+    An FYI environment is skipped with the reason: it reports, it does not gate.
+    """
+    if env.blocking:
+        return Status.INFRA_FAIL, f"blocking environment {env.name} cannot run here: {reason}"
+    return Status.SKIP, reason
+
+
 def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
     """Whether a test may run on a guest booted for an earlier one.
 
@@ -633,72 +663,14 @@ def shares_guest(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
     return not spec_params(run.spec).get("isolated", False)
 
 
-def spec_params(spec: Any) -> dict[str, Any]:
+def spec_params(spec: TestSpec) -> dict[str, Any]:
     """A test's parameters: the fields of its tests.json entry Fuchsia's format does not define
-    (`test.args`, `test.format`, `reboot_cycles`, ...), reachable without the `test.` prefix."""
-    extra = dict(getattr(spec, "extra", {}) or {})
+    (`test.args`, `test.format`, `reboot_cycles`, ...), reachable without the `test.` prefix.
+    Any: JSON values, which each test checks for itself."""
+    extra = dict(spec.extra)
     return {**extra, **{k.removeprefix("test."): v for k, v in extra.items()}}
-
-
-def progress_line(result: TestResult, done: int, total: int) -> str:
-    status = "FLAKY" if result.flaky else result.status.value
-    width = len(str(total))
-    line = (f"[{done:>{width}}/{total}] {status:<10} {name_safe(result.environment):<16} "
-            f"{name_safe(result.test)} ({result.duration_s:.1f} s)")
-    if result.status != Status.PASS and result.final.message:
-        line += f": {terminal_safe(result.final.message)[:200]}"
-    return line
 
 
 def redact(text: str, secret: str) -> str:
     """`text` with `secret` written as x's (Zircon redacts its entropy mixin the same way)."""
     return text.replace(secret, "x" * len(secret)) if secret and text else text
-
-
-def make_disk_paths(env: Environment, workdir: Path) -> list[Path]:
-    """Where the configured virtio-blk disks live (pure: `plan` prints them)."""
-    if not env.devices.has("virtio-blk"):
-        return []
-    count = int(env.devices.option("virtio-blk", "count", 1))
-    return [workdir / f"disk{i}.img" for i in range(count)]
-
-
-def make_disks(env: Environment, workdir: Path) -> list[Path]:
-    """Raw disk images for the configured virtio-blk devices, each carrying a host pattern.
-
-    The pattern lets a test check that the guest reads what the host wrote before boot.
-    """
-    size = int(env.devices.option("virtio-blk", "size_mib", 64)) << 20
-    disks = make_disk_paths(env, workdir)
-    for i, path in enumerate(disks):
-        with open(path, "wb") as f:
-            f.truncate(size)
-            f.seek(DISK_PATTERN_OFFSET)
-            f.write(host_pattern(env.name, i))
-    return disks
-
-
-def host_pattern(env_name: str, index: int) -> bytes:
-    return f"HARNESS-HOST-PATTERN {env_name} disk{index}\n".encode().ljust(512, b".")
-
-
-async def _program_test(ctx: TestContext) -> None:
-    """A tests.json entry with a `path`: run it in the guest and parse its output."""
-    from harness.programs import run_program
-
-    await run_program(ctx)
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
-
-
-def _assert_details(e: AssertionError) -> str:
-    tb = traceback.extract_tb(e.__traceback__)
-    where = ""
-    for frame in reversed(tb):
-        if "/suites/" in frame.filename or "/tests/" in frame.filename:
-            where = f"{frame.filename}:{frame.lineno}: {frame.line}"
-            break
-    return f"{where}\n{e}".strip()
-

@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from harness.engines.base import Engine, RunPaths
+from harness.engines.base import Engine, RunPaths, VmmSetup
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.guest import Boot, Guest, RestoreFailed
@@ -138,7 +138,7 @@ class GuestStarter:
     """
 
     def __init__(self, *, store: SnapshotStore | None,
-                 cold_guest: Callable[[Environment, Engine, GuestImage, Path], Guest],
+                 cold_guest: Callable[[Environment, Engine, GuestImage, VmmSetup, Path], Guest],
                  make_disks: Callable[[Environment, Path], list[Path]],
                  disk_paths: Callable[[Environment, Path], list[Path]],
                  log_cap: int | None = None,
@@ -192,21 +192,21 @@ class GuestStarter:
     # -- making and starting guests ------------------------------------------------------------
 
     async def new_guest(self, run: PlannedRun, env: Environment, engine: Engine,
-                        image: GuestImage, folder: Path) -> Guest:
+                        image: GuestImage, setup: VmmSetup, folder: Path) -> Guest:
         """The guest `run` starts with `start()`: one to restore, or one to boot. Building a
         missing snapshot happens here (a cold boot and a save)."""
         why = self.ineligible(run) or await self._engine_reason(env, engine)
         if why is not None:
-            guest = self.cold_guest(env, engine, image, folder)
+            guest = self.cold_guest(env, engine, image, setup, folder)
             self._starts[id(guest)] = _Start(properties=self._cold_properties(why))
             return guest
-        key = await self._key(env, engine, image)
+        key = self._key(env, engine, image, setup)
         slot = self._slots.setdefault(key.digest, _Slot(key))
         async with slot.lock:
             built: dict[str, str] = {}
             if slot.unusable is None and slot.snapshot is None:
                 try:
-                    outcome = await self._find_or_build(slot, env, engine, image, folder)
+                    outcome = await self._find_or_build(slot, env, engine, image, setup, folder)
                 except OSError as e:  # a cache that cannot be written costs restores, no more
                     assert self.store is not None
                     self._give_up(slot, env, f"the snapshot cache {self.store.root} cannot be "
@@ -217,7 +217,7 @@ class GuestStarter:
                 built = outcome
             snapshot, unusable = slot.snapshot, slot.unusable
         if snapshot is None:
-            guest = self.cold_guest(env, engine, image, folder)
+            guest = self.cold_guest(env, engine, image, setup, folder)
             self._starts[id(guest)] = _Start(properties=self._cold_properties(
                 unusable or "no snapshot"))
             return guest
@@ -226,8 +226,8 @@ class GuestStarter:
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
         try:
             disks = await create_overlays(snapshot.disks, workdir)
-            source = await engine.restore_from(env, snapshot.state)
-            guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir,
+            source = await engine.restore_from(env, snapshot.state, setup)
+            guest = Guest(env, engine, image, folder / "serial.log", setup=setup, workdir=workdir,
                           disks=disks, log_cap=self.log_cap, own_workdir=True,
                           disk_format="qcow2", restore=source)
         except BaseException:
@@ -272,19 +272,20 @@ class GuestStarter:
 
     # -- the cache -----------------------------------------------------------------------------
 
-    async def _key(self, env: Environment, engine: Engine, image: GuestImage) -> SnapshotKey:
-        await engine.settle(env)
+    def _key(self, env: Environment, engine: Engine, image: GuestImage,
+             setup: VmmSetup) -> SnapshotKey:
         placeholder = Path("/HARNESS-WORKDIR")
         argv = engine.command(env, image, RunPaths(
-            workdir=placeholder, disks=tuple(self.disk_paths(env, placeholder))))
+            workdir=placeholder, disks=tuple(self.disk_paths(env, placeholder))), setup)
         blk = env.devices.devices.get("virtio-blk")
         disks = f"{DISK_RECIPE}; virtio-blk {sorted(blk.items()) if blk is not None else 'none'}"
         return SnapshotKey(environment=env.name, engine=env.engine, arch=env.arch,
                            image=image_identity(image), argv=tuple(argv),
-                           vmm=await engine.vmm_identity(env), disks=disks)
+                           vmm=vmm_identity(setup), disks=disks)
 
     async def _find_or_build(self, slot: _Slot, env: Environment, engine: Engine,
-                             image: GuestImage, folder: Path) -> dict[str, str] | Guest:
+                             image: GuestImage, setup: VmmSetup,
+                             folder: Path) -> dict[str, str] | Guest:
         """Under the slot's lock: find the snapshot, or build it. Returns the properties of
         a build ({} when none), or the guest of a build whose boot failed."""
         store = self.store
@@ -318,21 +319,21 @@ class GuestStarter:
                        + (f" (removed {', '.join(removed)})" if removed else "")
                        + "; booting once to save one")
         try:
-            return await self._build(slot, env, engine, image, folder, problem)
+            return await self._build(slot, env, engine, image, setup, folder, problem)
         finally:
             if lock.mode == "exclusive":
                 lock.release()  # the build failed; a later test may try again
 
     async def _build(self, slot: _Slot, env: Environment, engine: Engine, image: GuestImage,
-                     folder: Path, problem: str) -> dict[str, str] | Guest:
+                     setup: VmmSetup, folder: Path, problem: str) -> dict[str, str] | Guest:
         """Boot a guest on fresh base disks, save it at its shell, stop it, publish it."""
         store = self.store
         assert store is not None and slot.disk_lock is not None
         build = store.new_build_dir()
         disks = self.make_disks(env, build)
         workdir = private_workdir(f"harness-{safe_name(env.name)[:24]}-")
-        guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir, disks=disks,
-                      log_cap=self.log_cap, own_workdir=True)
+        guest = Guest(env, engine, image, folder / "serial.log", setup=setup, workdir=workdir,
+                      disks=disks, log_cap=self.log_cap, own_workdir=True)
         try:
             try:
                 with anyio.fail_after(env.boot_timeout_s + 30):
@@ -423,6 +424,18 @@ class GuestStarter:
         if line not in self._said:
             self._said.add(line)
             self.say(f"        {line}")
+
+
+def vmm_identity(setup: VmmSetup) -> str:
+    """What identifies the VMM a snapshot is saved by: what it says its version is, and the
+    binary itself (path, size, mtime). Neither QEMU's migration stream nor crosvm's snapshot
+    format (docs/book/src/architecture/snapshotting.md: not stable) is promised to load
+    in another build, so a rebuilt binary with the same version string is another VMM."""
+    try:
+        st = os.stat(setup.binary)
+    except OSError:
+        return f"{setup.version} ({setup.binary})"
+    return f"{setup.version} ({setup.binary}|{st.st_size}|{st.st_mtime_ns})"
 
 
 def _describe(problem: str, env: Environment) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 import anyio
 
 from harness.errors import ConfigError
-from harness.images import cache_dir
+from harness.cache import cache_dir
 from harness.workdirs import owner_alive, write_owner
 
 SNAPSHOT_FORMAT = 1  # bump when the layout or what a key means changes
@@ -183,7 +183,7 @@ class Lookup:
 
     @property
     def damaged(self) -> bool:
-        return bool(self.problem) and self.problem.startswith(("truncated", "incomplete"))
+        return self.problem is not None and self.problem.startswith(("truncated", "incomplete"))
 
 
 def _file_sizes(root: Path) -> dict[str, int]:

@@ -173,12 +173,12 @@ class _Entry:
         self.fail(field, f"expected {expected}, got {_show(value)}")
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _json_kind(value: Any) -> str:
+def _json_kind(value: object) -> str:
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, str):

@@ -1,10 +1,16 @@
-"""How suites declare tests: `@guest_test(...)` on `async def test(t: TestContext)`.
+"""What a suite author writes against: `@guest_test(...)` on `async def test(t: TestContext)`,
+and the `Guest` a test drives.
 
 A test states what it needs (arches, profiles, devices, engines) so the plan
 skips it, with the reason, where an environment cannot run it. It states
 whether it may share a booted guest with other tests of the same environment
 (most read-only checks can; anything that reboots, panics or powers off cannot),
 which is where most of a run's time is saved.
+
+`Guest` is a protocol: what a test may ask of the guest, whatever engine runs it
+(harness.guest.Guest is the real one; the harness's own tests give stand-ins that
+replay transcripts). Suites see no engine: a reboot is `guest.reboot()` on QEMU and
+on crosvm alike.
 """
 
 from __future__ import annotations
@@ -13,14 +19,21 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
-import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, Protocol
 
+from harness.console import CommandResult, Console, SerialLog
+from harness.engines.base import RunPaths
 from harness.environments import Environment
 from harness.errors import ConfigError
+from harness.exits import ExitInfo
+from harness.guest import Boot as Boot  # part of the suite API: what a boot was
+from harness.images.model import GuestImage
+from harness.profiles import Crash, Profile
 from harness.results import Case, Status
+from harness.spec import TestSpec
 
 SUITE_MODULES = ("smoke", "reboot_shutdown", "core", "device_enumeration", "peripherals")
 
@@ -54,6 +67,87 @@ class Requirements:
         return None
 
 
+class VmmProcess(Protocol):
+    """The VMM process, as a test may look at it (its process group, whether it exited)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+
+class Guest(Protocol):
+    """A booted guest, as a suite test sees it (harness.guest.Guest implements it)."""
+
+    @property
+    def env(self) -> Environment: ...
+
+    @property
+    def image(self) -> GuestImage: ...
+
+    @property
+    def profile(self) -> Profile: ...
+
+    @property
+    def console(self) -> Console:
+        """The serial console, for what `run` cannot do: a command that does not come back
+        (a reboot, a kernel's own command like Zircon's `k`), or output read as it comes."""
+
+    @property
+    def log(self) -> SerialLog:
+        """The serial log on disk: every boot of this test, as it arrived."""
+
+    @property
+    def boots(self) -> Sequence[Boot]:
+        """Each boot so far (the first is the runner's), with its boot id and time to shell."""
+
+    @property
+    def vmm(self) -> VmmProcess | None: ...
+
+    @property
+    def paths(self) -> RunPaths:
+        """The guest's private directory and its disk images (host side)."""
+
+    @property
+    def capabilities(self) -> Mapping[str, Any]:
+        """What the guest kernel can do (harness.images.model.GuestImage.capabilities; Any:
+        booleans, and lists such as the kernel's test modules)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def run(self, command: str, timeout: float = 60.0) -> CommandResult: ...
+
+    async def check(self, command: str, timeout: float = 60.0) -> str:
+        """Run `command`; a non-zero status fails the test with its output."""
+
+    async def reboot(self, timeout: float | None = None) -> Boot: ...
+
+    async def wait_reset(self, timeout: float | None = None) -> Boot: ...
+
+    async def shutdown(self, timeout: float = 120.0) -> ExitInfo: ...
+
+    async def wait_exit(self, timeout: float) -> ExitInfo: ...
+
+    async def power_button(self) -> None: ...
+
+    async def stop(self, timeout: float = 10.0) -> ExitInfo: ...
+
+    async def panic(self, timeout: float = 30.0) -> Crash: ...
+
+    async def balloon(self, size_bytes: int) -> None: ...
+
+    async def balloon_stats(self) -> dict[str, Any]:
+        """The VMM's balloon report: at least `balloon_actual` (Any: the VMM's own fields)."""
+
+    def expected_devices(self) -> frozenset[str]:
+        """The configured devices plus what the engine always adds."""
+
+    def implicit_devices(self) -> frozenset[str]:
+        """What the engine presents whatever the configuration says."""
+
+
 TestFunc = Callable[["TestContext"], Awaitable[None]]
 
 
@@ -66,8 +160,6 @@ class SuiteTest:
     shares_guest: bool
     timeout_s: float
     description: str
-    needs_guest: bool = True
-    disks: tuple[int, ...] = ()  # sizes in MiB of disks the test wants attached
     # Share a guest even where a snapshot makes a guest of its own cheap (harness.snapshot).
     prefers_sharing: bool = False
 
@@ -76,12 +168,24 @@ class SuiteTest:
         return f"{self.suite}.{self.name}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Marks:
+    """What `@guest_test` records on a function, for the registry to find."""
+
+    requires: Requirements
+    shares_guest: bool
+    timeout_s: float
+    prefers_sharing: bool = False
+
+
+_MARK = "__harness_test__"
+
+
 def guest_test(
     *,
     requires: Requirements | None = None,
     shares_guest: bool = False,
     timeout_s: float = 120.0,
-    needs_guest: bool = True,
     prefers_sharing: bool = False,
 ) -> Callable[[TestFunc], TestFunc]:
     """Mark an async function as a suite test; the registry finds it by this attribute.
@@ -93,30 +197,28 @@ def guest_test(
     """
 
     def mark(func: TestFunc) -> TestFunc:
-        func.__harness_test__ = {  # type: ignore[attr-defined]
-            "requires": requires or Requirements(),
-            "shares_guest": shares_guest,
-            "timeout_s": timeout_s,
-            "needs_guest": needs_guest,
-            "prefers_sharing": prefers_sharing and shares_guest,
-        }
+        setattr(func, _MARK, _Marks(requires or Requirements(), shares_guest, timeout_s,
+                                    prefers_sharing and shares_guest))
         return func
 
     return mark
 
 
-def load_suite(module_name: str, module: Any = None) -> list[SuiteTest]:
+def load_suite(module_name: str, module: ModuleType | None = None) -> list[SuiteTest]:
     if module is None:
         module = importlib.import_module(f"suites.{module_name}")
     tests = []
     for attr, func in vars(module).items():
-        meta = getattr(func, "__harness_test__", None)
-        if meta is None or not inspect.iscoroutinefunction(func):
+        marks = getattr(func, _MARK, None)
+        if not isinstance(marks, _Marks) or not inspect.iscoroutinefunction(func):
             continue
         name = attr.removeprefix("test_")
         doc = inspect.getdoc(func) or ""
         tests.append(SuiteTest(suite=module_name, name=name, func=func,
-                               description=doc.splitlines()[0] if doc else "", **meta))
+                               description=doc.splitlines()[0] if doc else "",
+                               requires=marks.requires, shares_guest=marks.shares_guest,
+                               timeout_s=marks.timeout_s,
+                               prefers_sharing=marks.prefers_sharing))
     return tests
 
 
@@ -183,18 +285,16 @@ def default_specs(tests: Mapping[str, SuiteTest]) -> list[dict[str, Any]]:
     ]
 
 
-def write_default_specs(path: Path, tests: Mapping[str, SuiteTest]) -> None:
-    path.write_text(json.dumps(default_specs(tests), indent=1) + "\n")
-
-
 @dataclasses.dataclass
 class TestContext:
     """What a running test gets: its guest, its environment, and places to record results."""
 
-    guest: Any  # harness.guest.Guest; Any to keep suites importable without the engines
+    guest: Guest
     env: Environment
-    spec: Any  # harness.spec.TestSpec
+    spec: TestSpec
     folder: Path
+    # The tests.json entry's own fields (harness.runner.spec_params; Any: JSON values, which
+    # each test checks for itself).
     params: dict[str, Any]
     cases: list[Case] = dataclasses.field(default_factory=list)
     properties: dict[str, str] = dataclasses.field(default_factory=dict)

@@ -31,14 +31,13 @@ import re
 import secrets
 import shlex
 import time
-from typing import Any
+from collections.abc import Callable
 
 from harness.console import ConsoleTimeout, GuestCrashed
 from harness.parsers import gtest, linux_module, zircon_ut
 from harness.profiles.base import clean_text
 from harness.results import Case, Status
-from harness.suite import Requirements, Skip, TestContext, guest_test
-from suites.reboot_shutdown import log_offset, log_since
+from harness.suite import Guest, Requirements, Skip, TestContext, guest_test
 
 LINUX = Requirements(profiles=("linux",))
 ZIRCON = Requirements(profiles=("zircon",))
@@ -62,9 +61,9 @@ class ParsedRun:
     duration_s: float = 0.0
 
 
-def _partial(guest: Any, offset: int, parse: Any) -> list[Case]:
+def _partial(guest: Guest, offset: int, parse: Callable[[str], list[Case]]) -> list[Case]:
     """Cases from what reached the serial log before a crash (the case in flight fails)."""
-    return list(parse(clean_text(log_since(guest, offset))))
+    return list(parse(clean_text(guest.log.since(offset))))
 
 
 # -- Linux ------------------------------------------------------------------------------------
@@ -108,7 +107,7 @@ def module_commands(name: str, token: str, args: str = "") -> tuple[str, str, st
     return start, load, collect, unload
 
 
-async def load_test_module(guest: Any, name: str, *, args: str = "",
+async def load_test_module(guest: Guest, name: str, *, args: str = "",
                            timeout: float = QUICK_MODULE_TIMEOUT_S) -> ParsedRun:
     """Load one kernel test module, parse its results from the kernel log, unload it.
 
@@ -117,7 +116,7 @@ async def load_test_module(guest: Any, name: str, *, args: str = "",
     """
     token = secrets.token_hex(4)
     start, load, collect, unload = module_commands(name, token, args)
-    offset = log_offset(guest)
+    offset = guest.log.offset()
     started = time.monotonic()
     try:
         if (await guest.run(f"[ -d /sys/module/{name} ]")).status == 0:
@@ -130,7 +129,7 @@ async def load_test_module(guest: Any, name: str, *, args: str = "",
         return ParsedRun(_partial(guest, offset, linux_module.parse), None, e,
                          time.monotonic() - started)
     # The serial log since `offset` is exactly what `harness parse` reads later.
-    cases = linux_module.parse(clean_text(log_since(guest, offset)))
+    cases = linux_module.parse(clean_text(guest.log.since(offset)))
     if not any(c.suite.split(".")[0] == name for c in cases):
         cases.append(Case(name=linux_module.CASE, suite=name, status=Status.FAIL,
                           format=linux_module.FORMAT,
@@ -157,7 +156,7 @@ def _test_modules(t: TestContext) -> list[str]:
     return modules
 
 
-async def _leftovers(guest: Any, names: list[str]) -> list[str]:
+async def _leftovers(guest: Guest, names: list[str]) -> list[str]:
     out = await guest.check("; ".join(f"[ -d /sys/module/{n} ] && echo {n}" for n in names)
                             + "; true")
     return out.split()
@@ -215,14 +214,14 @@ def _failed_list(count: int) -> re.Pattern[bytes]:
     return re.compile(rb"The following test cases failed:[^\n]*\n(?:[^\n]*\n){%d}" % count)
 
 
-async def zircon_kernel_unittests(guest: Any, timeout: float = 600.0) -> ParsedRun:
+async def zircon_kernel_unittests(guest: Guest, timeout: float = 600.0) -> ParsedRun:
     """`k ut all`: the kernel runs its unit tests and logs them; wait for the summary.
 
     `k` hands the command to the kernel and returns at once, so the results
     arrive after the shell's prompt: the end is the `SUMMARY:` line (and, when
     groups failed, the list of their names that follows it).
     """
-    offset = log_offset(guest)
+    offset = guest.log.offset()
     started = time.monotonic()
     crash = None
     guest.console.sendline(ZIRCON_UT_COMMAND)
@@ -242,10 +241,10 @@ async def zircon_kernel_unittests(guest: Any, timeout: float = 600.0) -> ParsedR
     return ParsedRun(cases, None, crash, time.monotonic() - started)
 
 
-async def zircon_core_tests(guest: Any, path: str = CORE_TESTS_PATH,
+async def zircon_core_tests(guest: Guest, path: str = CORE_TESTS_PATH,
                             timeout: float = 900.0) -> ParsedRun:
     """Run the core-tests binary (zxtest) over the console and parse its cases."""
-    offset = log_offset(guest)
+    offset = guest.log.offset()
     started = time.monotonic()
     try:
         result = await guest.run(shlex.quote(path), timeout)

@@ -13,9 +13,9 @@ even when the test fails) and shares the environment's guest.
 Metrics (JUnit properties and summary.json, for dashboards to follow run to run):
 `blk_write_mb_s`, `blk_read_mb_s` (decimal MB/s of `dd` with O_DIRECT, timed by
 the guest's /proc/uptime), `vmm_cpu_s_write`, `vmm_cpu_s_read` (CPU seconds the
-VMM's whole process session used during each transfer: user + system, from
-/proc/PID/stat, children included, since crosvm forks device processes and the
-crosvm double runs QEMU as a child).
+VMM's whole process session used during each transfer, children included, since
+crosvm forks device processes and the crosvm double runs QEMU as a child:
+harness.hostcpu). The host's end of the network test is harness.hostnet.
 
 Parameters (tests.json fields beside `test`, reached through `t.params`):
 `blk_load_mib` (32; cut to what fits the disk), `balloon_mib` (128),
@@ -25,29 +25,25 @@ Parameters (tests.json fields beside `test`, reached through `t.params`):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import fcntl
 import hashlib
 import ipaddress
 import os
 import re
 import secrets
 import shlex
-import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
-import anyio.abc
 
-from harness.engines.base import ExitKind
+from harness.disks import DISK_PATTERN_OFFSET, host_pattern
 from harness.errors import HarnessError
+from harness.exits import ExitKind
 from harness.expected_devices import platform
+from harness.hostcpu import session_cpu_seconds
+from harness.hostnet import tap_address, tcp_exchange
 from harness.overlays import read_disk
-from harness.runner import DISK_PATTERN_OFFSET, host_pattern
 from harness.suite import Requirements, Skip, TestContext, guest_test
 
 LINUX = ("linux",)
@@ -71,30 +67,6 @@ async def poll(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *,
         if time.monotonic() - start >= deadline_s:
             return value, False, time.monotonic() - start
         await anyio.sleep(interval_s)
-
-
-def session_cpu_seconds(sid: int, proc: Path = Path("/proc")) -> float:
-    """User + system CPU seconds of every process in session `sid`, reaped children included.
-
-    The VMM is started as a session leader (harness.engines.process), so its session is
-    exactly the VMM and whatever it spawned: crosvm's sandboxed device processes, or the
-    QEMU the crosvm double runs. cutime/cstime carry the time of children already reaped.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        fields = stat.rsplit(")", 1)[1].split()
-        # fields[0] is stat field 3 (state): session is field 6, utime..cstime 14..17.
-        if int(fields[3]) != sid:
-            continue
-        total += sum(int(f) for f in fields[11:15])
-    return total / tick
 
 
 # -- virtio-blk ---------------------------------------------------------------------------------
@@ -188,14 +160,14 @@ async def test_block(t: TestContext) -> None:
     info = await g.shutdown(timeout=60)
     assert info.kind == ExitKind.STOP, f"guest power-off ended as {info.kind}: {info.explanation}"
     for i, disk in enumerate(disks):
-        want = guest_pattern(token, i)
+        pattern = guest_pattern(token, i)
         # A raw image, or a restored guest's qcow2 overlay on its snapshot's base disk.
-        got = read_disk(disk, GUEST_PATTERN_OFFSET, len(want))
-        t.case(f"disk{i}", got == want,
+        got = read_disk(disk, GUEST_PATTERN_OFFSET, len(pattern))
+        t.case(f"disk{i}", got == pattern,
                f"{disk.name} holds the guest's pattern at {GUEST_PATTERN_OFFSET} "
-               f"(written via /dev/{device_of.get(i)})" if got == want else
+               f"(written via /dev/{device_of.get(i)})" if got == pattern else
                f"{disk.name} at {GUEST_PATTERN_OFFSET} holds {got[:60]!r}, not the guest's "
-               f"pattern {want[:60]!r}", suite="guest-pattern")
+               f"pattern {pattern[:60]!r}", suite="guest-pattern")
 
 
 async def _block_load(t: TestContext, dev: str) -> None:
@@ -274,47 +246,6 @@ def static_peer(host: ipaddress.IPv4Interface) -> ipaddress.IPv4Interface:
     raise ValueError(f"no room for a guest next to {host} on {net}")
 
 
-def tap_address(name: str) -> ipaddress.IPv4Interface | None:
-    """The IPv4 address and netmask the host gave interface `name`, or None."""
-    siocgifaddr, siocgifnetmask = 0x8915, 0x891B
-    req = struct.pack("256s", name.encode()[:15])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            addr = fcntl.ioctl(s.fileno(), siocgifaddr, req)[20:24]
-            mask = fcntl.ioctl(s.fileno(), siocgifnetmask, req)[20:24]
-        except OSError:
-            return None
-    return ipaddress.IPv4Interface(f"{socket.inet_ntoa(addr)}/{socket.inet_ntoa(mask)}")
-
-
-@dataclasses.dataclass
-class _Exchange:
-    """What the host's one-connection server saw."""
-
-    received: bytearray = dataclasses.field(default_factory=bytearray)
-    peer: str = ""
-    error: str = ""
-
-
-async def _serve_once(listener: anyio.abc.Listener[Any], reply: bytes, seen: _Exchange) -> None:
-    """Accept connections; from the first, read NET_BYTES, send `reply`, close."""
-
-    async def handle(stream: anyio.abc.ByteStream) -> None:
-        if seen.peer:
-            await stream.aclose()
-            return
-        seen.peer = str(stream.extra(anyio.abc.SocketAttribute.remote_address, "?"))
-        try:
-            async with stream:
-                while len(seen.received) < NET_BYTES:
-                    seen.received.extend(await stream.receive())
-                await stream.send(reply)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError) as e:
-            seen.error = f"{type(e).__name__}: {e}"
-
-    await listener.serve(handle)
-
-
 @guest_test(requires=Requirements(profiles=LINUX, devices=("virtio-net",)), shares_guest=True,
             timeout_s=120)
 async def test_network(t: TestContext) -> None:
@@ -358,19 +289,12 @@ async def test_network(t: TestContext) -> None:
     t.prop("net_address", address)
 
     reply = os.urandom(NET_BYTES)
-    seen = _Exchange()
-    listener = await anyio.create_tcp_listener(local_host=bind, local_port=0)
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    # The listener closes after the server task has stopped, never under its accept().
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(_serve_once, listener, reply, seen)
-        try:
-            result = await g.run(
-                f"head -c {NET_BYTES} /dev/urandom >/tmp/harness-net.out && "
-                f"nc -w 10 {peer} {port} </tmp/harness-net.out >/tmp/harness-net.in; "
-                "echo NC $?; md5sum /tmp/harness-net.out /tmp/harness-net.in", timeout=60)
-        finally:
-            tg.cancel_scope.cancel()
+    async with tcp_exchange(bind, reply, NET_BYTES) as seen:
+        port = seen.port
+        result = await g.run(
+            f"head -c {NET_BYTES} /dev/urandom >/tmp/harness-net.out && "
+            f"nc -w 10 {peer} {port} </tmp/harness-net.out >/tmp/harness-net.in; "
+            "echo NC $?; md5sum /tmp/harness-net.out /tmp/harness-net.in", timeout=60)
     sums = {path: md5 for md5, path in (line.split() for line in result.output.splitlines()
                                          if re.fullmatch(r"[0-9a-f]{32}\s+\S+", line.strip()))}
     sent, got = sums.get("/tmp/harness-net.out"), sums.get("/tmp/harness-net.in")

@@ -19,7 +19,6 @@ lines and real captures, by tests/test_zircon_flows.py.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import os
@@ -28,13 +27,13 @@ import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from harness.console import ConsoleEOF, ConsoleTimeout
-from harness.engines.base import ExitInfo, ExitKind
 from harness.errors import HarnessError, Unsupported
+from harness.exits import ExitInfo, ExitKind
+from harness.fuchsia.emulator import LogLines
 from harness.profiles.zircon import parse_platform_halt, platform_halt_line
-from harness.suite import Requirements, Skip, TestContext, guest_test
+from harness.suite import Boot, Guest, Requirements, Skip, TestContext, guest_test
 
 LINUX = Requirements(profiles=("linux",))
 ZIRCON = Requirements(profiles=("zircon",))
@@ -55,32 +54,10 @@ LINUX_POWEROFF = "poweroff"
 LINUX_ORDERLY_POWEROFF = re.compile(rb"Requesting system poweroff")
 
 
-# -- serial log helpers (shared by Linux and Zircon logic) ----------------------------------------
-
-
-def log_offset(guest: Any) -> int:
-    """Where the serial log ends now: what a later `log_since` reads from.
-
-    The log file is written unbuffered as bytes arrive, so its size is exact;
-    it also survives a crosvm relaunch, which a console buffer does not.
-    """
-    path: Path = guest.log.path
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def log_since(guest: Any, offset: int) -> bytes:
-    with open(guest.log.path, "rb") as f:
-        f.seek(offset)
-        return f.read()
-
-
 # -- Linux ----------------------------------------------------------------------------------------
 
 
-async def _uptime(guest: Any) -> float:
+async def _uptime(guest: Guest) -> float:
     out = await guest.check("cut -d' ' -f1 /proc/uptime")
     return float(out.strip().split()[-1])
 
@@ -128,7 +105,7 @@ async def test_guest_reboot(t: TestContext) -> None:
         t.prop(f"boot_{boot.index}_s", f"{boot.ready_s:.3f}")
         t.case(name, not problems, "; ".join(problems), duration_s=boot.ready_s)
 
-    markers = len(g.profile.boot_marker.findall(log_since(g, 0)))
+    markers = len(g.profile.boot_marker.findall(g.log.since(0)))
     t.prop("vmm_relaunches", sum(1 for b in g.boots if b.relaunch))
     t.case("serial_log_has_every_boot", markers == cycles + 1,
            "" if markers == cycles + 1 else
@@ -149,7 +126,7 @@ async def _expect_clean_stop(t: TestContext, offset: int, asked: float, deadline
     took = time.monotonic() - asked
     t.prop(f"{what}_s", f"{took:.3f}")
     _stop_case(t, info, took)
-    orderly = LINUX_ORDERLY_POWEROFF.search(log_since(g, offset)) is not None
+    orderly = LINUX_ORDERLY_POWEROFF.search(g.log.since(offset)) is not None
     t.case("orderly_shutdown", orderly,
            "" if orderly else "busybox init never said 'Requesting system poweroff': the "
                               "guest did not go through its shutdown sequence")
@@ -162,7 +139,7 @@ async def test_guest_shutdown(t: TestContext) -> None:
     """`poweroff` in the guest: the VMM exits with the stop status within 120 s (Fuchsia's)."""
     g = t.guest
     deadline = _param_float(t, "shutdown_deadline_s", SHUTDOWN_DEADLINE_S)
-    offset = log_offset(g)
+    offset = g.log.offset()
     asked = time.monotonic()
     g.console.sendline(LINUX_POWEROFF)
     await _expect_clean_stop(t, offset, asked, deadline, "shutdown")
@@ -182,7 +159,7 @@ async def test_power_button(t: TestContext) -> None:
         raise Skip(f"image {g.image.name} ({t.env.arch}) has no power button driver "
                    f"(the cloud arm64 kernel lacks gpio_keys)")
     deadline = _param_float(t, "shutdown_deadline_s", SHUTDOWN_DEADLINE_S)
-    offset = log_offset(g)
+    offset = g.log.offset()
     asked = time.monotonic()
     try:
         await g.power_button()
@@ -302,7 +279,6 @@ ZIRCON_SHUTDOWN_ACPI_WAIT = f"waitfor verbose {_ACPI_TOPO} && echo ACPI_READY"
 ZIRCON_SHUTDOWN_COMMAND = "power shutdown"
 
 _PLATFORM_HALT = re.compile(r"platform_halt suggested_action \d+ reason \d+")
-_LINE_END = re.compile(rb"\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,73 +305,6 @@ ZIRCON_REBOOT_FLOWS: dict[str, ZirconRebootFlow] = {
 }
 
 
-class LogLines:
-    """The guest's serial log read line by line from an offset, as tools/emulator reads output.
-
-    Lines already in the log are read from the file; when it has none left,
-    the console is asked for the next line (with its crash watch, so a panic
-    ends the wait at once). The console's log is written as it reads, so the
-    file always holds at least what the console has seen.
-    """
-
-    def __init__(self, guest: Any, offset: int = 0) -> None:
-        self.guest = guest
-        self.offset = offset
-        self._partial = b""
-        self._lines: collections.deque[str] = collections.deque()
-
-    def _fill(self) -> None:
-        data = self._partial + log_since(self.guest, self.offset)
-        self.offset += len(data) - len(self._partial)
-        *lines, self._partial = data.split(b"\n")
-        self._lines.extend(ln.decode("utf-8", errors="replace").rstrip("\r") for ln in lines)
-
-    async def next_line(self, deadline: float, what: str) -> str:
-        """The next whole line; ConsoleTimeout at `deadline`, ConsoleEOF once the VMM is gone."""
-        while True:
-            if not self._lines:
-                self._fill()
-            if self._lines:
-                return self._lines.popleft()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ConsoleTimeout(f"no {what} in time", self.guest.log.tail())
-            try:
-                await self.guest.console.expect([_LINE_END], remaining, what=what)
-            except ConsoleEOF:
-                # pexpect reports an EOF once: remember it, so that the Guest's next wait
-                # (a relaunch, an exit) learns at once that the VMM is gone.
-                self.guest.console.eof_seen = True
-                self._fill()
-                if not self._lines:
-                    raise
-
-    async def wait_for(self, messages: Sequence[str], timeout: float) -> list[str]:
-        """WaitForLogMessages: a line containing each message, in any order, one per line."""
-        pending = list(messages)
-        seen: list[str] = []
-        deadline = time.monotonic() + timeout
-        while pending:
-            what = " and ".join(repr(m) for m in pending)
-            line = await self.next_line(deadline, what)
-            for i, message in enumerate(pending):
-                if message in line:
-                    del pending[i]
-                    seen.append(line)
-                    break
-        return seen
-
-    async def wait_for_pattern(self, patterns: Sequence[re.Pattern[str]], timeout: float,
-                               what: str) -> tuple[int, str]:
-        """The first line one of `patterns` matches: (which pattern, the line)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = await self.next_line(deadline, what)
-            for i, pattern in enumerate(patterns):
-                if pattern.search(line):
-                    return i, line
-
-
 async def _wait_step(lines: LogLines, messages: Sequence[str], timeout: float, step: str
                      ) -> list[str]:
     """One WaitForLogMessages; a line that never comes fails the flow, naming the step."""
@@ -409,7 +318,7 @@ async def _wait_step(lines: LogLines, messages: Sequence[str], timeout: float, s
                              + " and ".join(repr(m) for m in messages)) from None
 
 
-async def zircon_acpi_ready(guest: Any, lines: LogLines, command: str, timeout: float) -> None:
+async def zircon_acpi_ready(guest: Guest, lines: LogLines, command: str, timeout: float) -> None:
     """x64: run the test's `waitfor ... echo ACPI_READY` and wait for its ACPI_READY.
 
     Fuchsia's tests wait for any line containing ACPI_READY, which the shell's
@@ -444,7 +353,7 @@ def _not_found(word: str) -> re.Pattern[str]:
     return re.compile(r"\b" + w + r": (?:command )?not found|command not found: " + w)
 
 
-async def zircon_command(guest: Any, lines: LogLines, command: str, first: re.Pattern[str],
+async def zircon_command(guest: Guest, lines: LogLines, command: str, first: re.Pattern[str],
                          what: str, timeout: float) -> tuple[str, str]:
     """Send a power command and wait for the first line it must lead to (`what` names it).
 
@@ -475,9 +384,9 @@ def _halt(command: str, line: str) -> ZirconHalt:
     return ZirconHalt(command, action, reason, line.strip())
 
 
-async def zircon_reboot(guest: Any, flow: ZirconRebootFlow = ZIRCON_REBOOT_FLOWS["power_reboot"],
+async def zircon_reboot(guest: Guest, flow: ZirconRebootFlow = ZIRCON_REBOOT_FLOWS["power_reboot"],
                         *, lines: LogLines | None = None, timeout: float | None = None
-                        ) -> tuple[ZirconHalt, Any]:
+                        ) -> tuple[ZirconHalt, Boot]:
     """RebootWithCommand: every line it waits for, in its order; the new Boot.
 
     initializing platform; console.shell: enabled and fshost started; (x64) the
@@ -486,7 +395,7 @@ async def zircon_reboot(guest: Any, flow: ZirconRebootFlow = ZIRCON_REBOOT_FLOWS
     boot up (crosvm exits on the reset and is launched again).
     """
     step = timeout or guest.env.boot_timeout_s
-    lines = lines if lines is not None else LogLines(guest)
+    lines = lines if lines is not None else LogLines(guest.console, guest.log)
     await _wait_step(lines, [ZIRCON_PLATFORM_INIT], step, "boot")
     await _wait_step(lines, [ZIRCON_SHELL_READY, ZIRCON_FSHOST_STARTED], step, "boot")
     if guest.env.arch == "x86_64":
@@ -512,7 +421,7 @@ async def zircon_reboot(guest: Any, flow: ZirconRebootFlow = ZIRCON_REBOOT_FLOWS
     return halt, boot
 
 
-async def zircon_shutdown(guest: Any, deadline: float = SHUTDOWN_DEADLINE_S, *,
+async def zircon_shutdown(guest: Guest, deadline: float = SHUTDOWN_DEADLINE_S, *,
                           lines: LogLines | None = None, timeout: float | None = None
                           ) -> tuple[ZirconHalt | None, ExitInfo]:
     """shutdown_test.go: console.shell: enabled and mounted '/dev'; (x64) the ACPI wait;
@@ -523,7 +432,7 @@ async def zircon_shutdown(guest: Any, deadline: float = SHUTDOWN_DEADLINE_S, *,
     shut down or halt fails at once instead of after the 120 s.
     """
     step = timeout or guest.env.boot_timeout_s
-    lines = lines if lines is not None else LogLines(guest)
+    lines = lines if lines is not None else LogLines(guest.console, guest.log)
     await _wait_step(lines, [ZIRCON_SHELL_READY, ZIRCON_DEV_MOUNTED], step, "boot")
     if guest.env.arch == "x86_64":
         await zircon_acpi_ready(guest, lines, ZIRCON_SHUTDOWN_ACPI_WAIT, step)
@@ -552,7 +461,7 @@ async def test_zircon_reboot(t: TestContext) -> None:
     flow = ZIRCON_REBOOT_FLOWS.get(name)
     assert flow is not None, (f"test parameter reboot_flow={name!r}: known flows are "
                               f"{', '.join(ZIRCON_REBOOT_FLOWS)}")
-    lines = LogLines(g)
+    lines = LogLines(g.console, g.log)
     for cycle in range(1, cycles + 1):
         case = f"reboot_{cycle}"
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.engines.base import ExitKind
+from harness.exits import ExitKind
 from harness.suite import TestContext, guest_test
 
 UNAME_M = {"x86_64": "x86_64", "arm64": "aarch64"}

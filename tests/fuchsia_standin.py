@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.environments import CPU_DIMENSION
-from harness.images import CpioEntry, ensure_image, write_cpio
+from harness.images.build import ensure_image
+from harness.images.cpio import CpioEntry, write_cpio
 from harness.images.model import GuestImage
 from harness.profiles.zircon import BOOT_TEST_SUCCESS
 

@@ -19,9 +19,10 @@ import anyio
 
 from harness import environments as envmod
 from harness import plan as planmod
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import BinaryLookup, Engine, RunPaths, Vmm, VmmSetup
 from harness.engines.process import ProcessVmm, start_vmm
 from harness.environments import Environment, EnvironmentSet
+from harness.exits import ExitInfo, ExitKind
 from harness.images.model import GuestImage
 from harness.report import write_reports
 from harness.results import RunResult, Status
@@ -51,28 +52,27 @@ class ShellEngine(Engine):
     """A stand-in VMM: a shell on the console pty, stderr to the VMM stderr log."""
 
     name = "qemu"
+    accelerators = ("tcg",)  # a shell: nothing to probe
 
     def __init__(self, bin_dir: Path) -> None:
         self.bin_dir = bin_dir  # holds the stand-in's `runtests`
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("busybox", "busybox", "test")
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         return ["env", f"PATH={self.bin_dir}:/usr/bin:/bin", "busybox", "sh", "-c", GUEST]
 
-    async def unavailable(self, env: Environment) -> str | None:
-        return None
-
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> Vmm:
-        process = await start_vmm(self.command(env, image, paths), console_fd=console_fd,
+                     setup: VmmSetup, console_fd: int) -> Vmm:
+        process = await start_vmm(self.command(env, image, paths, setup), console_fd=console_fd,
                                   stderr_path=paths.stderr_log)
         return _ShellVmm(process)
 
     def classify_exit(self, returncode: int) -> ExitInfo:
         kind = ExitKind.STOP if returncode == 0 else ExitKind.KILLED
         return ExitInfo(kind, returncode, f"exit status {returncode}")
-
-    def accel(self, env: Environment) -> str:
-        return "tcg"
 
 
 def program(tmp: Path, name: str, body: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 from crosvm_double import cmdline as double
 from test_crosvm_engine import MINIMAL, make_env, make_image, option_values, write_kernel
 
-from harness.engines.base import RunPaths
+from harness.engines.base import RunPaths, VmmSetup
 from harness.engines.crosvm import (
     PARSE_CHECK_EXPECTED,
     CrosvmEngine,
@@ -110,7 +110,7 @@ async def test_parse_check_accepts_what_the_engine_writes(tmp_path: Path) -> Non
     work.mkdir()
     engine = CrosvmEngine(str(DOUBLE))
     argv = engine.command(make_env(devices=MINIMAL), make_image(tmp_path, "x86_64"),
-                          RunPaths(workdir=work, disks=(disk,)))
+                          RunPaths(workdir=work, disks=(disk,)), VmmSetup(str(DOUBLE), "kvm"))
     assert option_values(argv, "--block") == [f'path="{disk}"']
     with anyio.fail_after(60):
         good = await engine.parse_check(argv)

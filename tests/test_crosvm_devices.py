@@ -15,6 +15,8 @@ import pytest
 from test_crosvm_engine import make_env, make_image, option_values, paths_for
 from test_suites_offline_b import ENVS, FakeGuest, Status, cases, ctx, failed
 
+from harness import inventory
+from harness.engines.base import VmmSetup
 from harness.engines.crosvm import CrosvmEngine
 from harness.expected_devices import platform
 from harness.suite import Skip
@@ -56,7 +58,8 @@ def test_arm64_console_is_crosvms_ttys0(tmp_path: Path) -> None:
     """The engine names COM1 the console and earlycon and leaves `console=` to crosvm, which
     adds console=ttyS0 and earlycon=uart8250,mmio,0x3f8 on arm64 (arch/src/serial.rs): a
     `console=ttyAMA0` of the harness's own would point the kernel at a UART crosvm has not."""
-    argv = ENGINE.command(make_env("arm64"), make_image(tmp_path, "arm64"), paths_for(tmp_path))
+    argv = ENGINE.command(make_env("arm64"), make_image(tmp_path, "arm64"), paths_for(tmp_path),
+                          VmmSetup("crosvm", "kvm"))
     consoles = [v for v in option_values(argv, "--serial") if "console" in v.split(",")]
     assert consoles == ["type=stdout,hardware=serial,num=1,console,earlycon,stdin"]
     [params] = option_values(argv, "--params")
@@ -64,13 +67,13 @@ def test_arm64_console_is_crosvms_ttys0(tmp_path: Path) -> None:
 
 
 def test_parse_linux_reads_amba_devices_with_and_without_a_driver() -> None:
-    inv = de.parse_linux((LINUX_ENUM / "crosvm-arm64-constructed.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / "crosvm-arm64-constructed.txt").read_text())
     assert inv.evidence("rtc") == ["amba 2000.rtc PL030 (AMBA id 00041030, no driver)"]
     assert inv.count("serial") == 4
     text = ("/sys/bus/amba/devices/9010000.pl031/uevent:DRIVER=rtc-pl031\n"
             "/sys/bus/amba/devices/9010000.pl031/uevent:AMBA_ID=00141031\n"
             "/sys/bus/amba/devices/9030000.pl061/uevent:AMBA_ID=00141061\n")
-    inv = de.parse_linux(text)
+    inv = inventory.parse_linux(text)
     assert inv.evidence("rtc") == ["amba 9010000.pl031 PL031 (AMBA id 00141031, driver rtc-pl031)"]
     assert inv.kinds() == {"rtc"}  # QEMU virt's PL061 GPIO is the board's, not a peripheral
 
@@ -78,7 +81,7 @@ def test_parse_linux_reads_amba_devices_with_and_without_a_driver() -> None:
 def test_real_crosvm_arm64_satisfies_the_model() -> None:
     """crosvm's arm64 machine (constructed from its source) passes every case, the PL030 RTC
     included although Debian's kernel cannot drive it: the hardware is there."""
-    inv = de.parse_linux((LINUX_ENUM / "crosvm-arm64-constructed.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / "crosvm-arm64-constructed.txt").read_text())
     env = ENVS.get("crosvm-arm64")
     verdicts, unexpected = de.judge(inv, expected("crosvm-arm64"), env.devices.absent,
                                     models("crosvm-arm64"))
@@ -89,7 +92,7 @@ def test_real_crosvm_arm64_satisfies_the_model() -> None:
 def test_the_doubles_arm64_board_is_not_crosvms() -> None:
     """What QEMU cannot imitate: under the double, arm64 shows QEMU virt's PL011 and PL031.
     The suite says so rather than passing them off as crosvm's (README of the double)."""
-    inv = de.parse_linux((LINUX_ENUM / "crosvm-arm64-double.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / "crosvm-arm64-double.txt").read_text())
     env = ENVS.get("crosvm-arm64")
     verdicts, _ = de.judge(inv, expected("crosvm-arm64"), env.devices.absent,
                            models("crosvm-arm64"))
@@ -102,7 +105,7 @@ def test_the_doubles_arm64_board_is_not_crosvms() -> None:
 @pytest.mark.parametrize("fixture", ["qemu-x64-minimal", "qemu-x64"])
 def test_an_isa_pvpanic_is_not_crosvms(fixture: str) -> None:
     """x86: crosvm's pvpanic is PCI 1b36:0011; QEMU's ISA one (ACPI QEMU0001) is not it."""
-    inv = de.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
     verdicts, _ = de.judge(inv, {"pvpanic", "rtc", "serial"}, (), models("crosvm-x64"))
     bad = {v.name: v.message for v in verdicts if not v.ok}
     assert set(bad) == {"present.pvpanic"}
@@ -115,7 +118,7 @@ def test_an_isa_pvpanic_is_not_crosvms(fixture: str) -> None:
 ])
 def test_the_doubles_x86_machine_is_crosvms(env_name: str, fixture: str) -> None:
     """x86_64 the double does imitate: PCI pvpanic, four 8250s, a CMOS RTC (captured)."""
-    inv = de.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
     env = ENVS.get(env_name)
     verdicts, _ = de.judge(inv, expected(env_name), env.devices.absent, models(env_name))
     assert [v.message for v in verdicts if not v.ok] == []

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import tty
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,25 @@ import anyio
 import pytest
 from crosvm_double.triple_fault import triple_fault_kernel
 
+from harness.accel import CACHE_FILE, Accel
 from harness.engines import crosvm as crosvm_mod
-from harness.engines.base import ExitKind, RunPaths
+from harness.engines.base import EnvironmentUnavailable, RunPaths, VmmSetup
 from harness.engines.crosvm import CrosvmEngine, CrosvmVmm
 from harness.environments import DeviceConfig, Environment, ImageRef
 from harness.errors import HarnessError, Unsupported
+from harness.exits import ExitKind
 from harness.images.model import GuestImage
 
 pytestmark = pytest.mark.integration
 
 DOUBLE = Path(__file__).resolve().parent / "crosvm_double" / "crosvm"
+SETUP = VmmSetup(str(DOUBLE), "kvm")
 BOOT_MARKER = re.compile(rb"HARNESS-BOOT-OK boot_id=[0-9a-f-]{36}")
 PROMPT = b"harness# "
 BOOT_TIMEOUT_S = 120.0  # TCG on a shared 2-core machine; a boot normally takes 2-6 s
 CONTROL_DEADLINE_S = 8.0  # a refused control request comes back at once, not at a deadline
 MIB = 1024 * 1024
+POLL_S = 0.05  # how often `until` re-checks a state that announces nothing
 
 # x86_64: the cloud kernel (fastest boot; ACPI button and pvpanic modules).
 # arm64: the generic kernel (gpio-keys for the power button; Debian builds no pvpanic).
@@ -55,7 +59,8 @@ needs_qemu = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, GuestImage]:
-    from harness.images import ImageError, ensure_image
+    from harness.images.build import ensure_image
+    from harness.images.errors import ImageError
 
     try:
         return {arch: ensure_image(name, arch) for arch, name in IMAGES.items()}
@@ -155,6 +160,11 @@ class Booted:
     def stderr(self) -> str:
         return self.paths.stderr_log.read_text(errors="replace")
 
+    async def controllable(self) -> bool:
+        """The control socket is there and QEMU runs under the double (it must not have died)."""
+        assert self.vmm.returncode is None, self.stderr()
+        return self.paths.control_socket.exists() and bool(self.qemu_pids())
+
 
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
@@ -165,6 +175,31 @@ def alive(pid: int) -> bool:
         return False
 
 
+async def all_exited(pids: list[int], timeout: float) -> None:
+    """Wait until every process in `pids` has exited: a pidfd becomes readable at the exit
+    itself (a zombie counts), so no polling. Not our children, so they cannot be waited for."""
+    with anyio.fail_after(timeout):
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            try:
+                await anyio.wait_readable(fd)
+            finally:
+                os.close(fd)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Re-check a state that announces nothing (a control socket appearing, a log line, the
+    balloon's report) until it holds; fails with `what` at the deadline."""
+    with anyio.move_on_after(timeout):
+        while not await check():
+            await anyio.sleep(POLL_S)
+        return
+    pytest.fail(f"not within {timeout:g} s: {what}")
+
+
 class EditedEngine(CrosvmEngine):
     """The engine with its argv changed on purpose, to see how the double takes it."""
 
@@ -172,8 +207,9 @@ class EditedEngine(CrosvmEngine):
         super().__init__(binary=str(DOUBLE))
         self.edit = edit
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
-        return self.edit(super().command(env, image, paths))
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
+        return self.edit(super().command(env, image, paths, setup))
 
 
 @contextlib.asynccontextmanager
@@ -189,7 +225,7 @@ async def booted(env: Environment, image: GuestImage, workdir: Path, *,
     tty.setraw(slave)
     vmm: CrosvmVmm | None = None
     try:
-        vmm = await engine.launch(env, image, paths, slave)
+        vmm = await engine.launch(env, image, paths, SETUP, slave)
         os.close(slave)
         slave = -1
         console = Console(master)
@@ -314,10 +350,11 @@ async def test_pvpanic_under_the_halt_policy_keeps_crosvm_running(
         assert "0x1b36" in pci and "0x0011" in pci, pci
         os.write(g.console.master, b"echo c > /proc/sysrq-trigger\n")
         await g.console.expect(b"Kernel panic - not syncing", 30)
-        with anyio.fail_after(30):
-            while "Guest reported panic [Code: Guest panicked]" not in g.stderr():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.1)
+        async def recorded() -> bool:
+            assert g.vmm.returncode is None, g.stderr()
+            return "Guest reported panic [Code: Guest panicked]" in g.stderr()
+
+        await until(recorded, 30, "crosvm records the guest's pvpanic")
         # Still running, and still answering control requests.
         await g.vmm.suspend()
         await g.vmm.resume()
@@ -344,21 +381,29 @@ async def test_stop_and_balloon_round_trip(images: dict[str, GuestImage], tmp_pa
         assert 100 * MIB < total_before <= 256 * MIB
 
         await g.vmm.balloon(64 * MIB + 123)  # crosvm rounds down to 4096
-        with anyio.fail_after(30):
-            while (now := await g.vmm.balloon_stats())["balloon_actual"] != 64 * MIB:
-                await anyio.sleep(0.2)
-            # The guest's own view follows once it has handed the pages over.
-            while (total_before - (now := await g.vmm.balloon_stats())["stats"]["total_memory"]
-                   < 60 * MIB):
-                await anyio.sleep(0.2)
+        now: dict[str, Any] = {}
+
+        async def inflated() -> bool:
+            now.update(await g.vmm.balloon_stats())
+            return bool(now["balloon_actual"] == 64 * MIB)
+
+        async def handed_over() -> bool:
+            now.update(await g.vmm.balloon_stats())
+            return bool(total_before - now["stats"]["total_memory"] >= 60 * MIB)
+
+        await until(inflated, 30, "the balloon reaches 64 MiB")
+        # The guest's own view follows once it has handed the pages over.
+        await until(handed_over, 30, "the guest hands 60 MiB over to the balloon")
         meminfo = await g.console.run("grep MemTotal /proc/meminfo")
         kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))  # type: ignore[union-attr]
         assert abs(kib * 1024 - now["stats"]["total_memory"]) < 4 * MIB
 
         await g.vmm.balloon(0)
-        with anyio.fail_after(30):
-            while (await g.vmm.balloon_stats())["balloon_actual"] != 0:
-                await anyio.sleep(0.2)
+
+        async def deflated() -> bool:
+            return bool((await g.vmm.balloon_stats())["balloon_actual"] == 0)
+
+        await until(deflated, 30, "the balloon deflates")
 
         # Suspended vCPUs run nothing the console asked for until resumed, and give no
         # balloon report: crosvm's balloon_stats waits for one, past the caller's deadline.
@@ -395,25 +440,20 @@ async def test_killed_vmm_takes_qemu_along_and_leaves_its_socket(
     stale socket it leaves, as crosvm does, does not stop the engine's next launch."""
     env = make_env("arm64")
     async with booted(env, images["arm64"], tmp_path / "g", wait_boot=False) as g:
-        with anyio.fail_after(30):
-            while not g.paths.control_socket.exists() or not g.qemu_pids():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.05)
+        await until(g.controllable, 30, "the control socket and QEMU are up")
         qemu = g.qemu_pids()
         os.kill(g.vmm.pid, signal.SIGKILL)
         rc = await g.wait_exit(10)
         assert rc == -signal.SIGKILL
         assert CrosvmEngine().classify_exit(rc).kind is ExitKind.KILLED
         assert (await g.vmm.exit_info(rc)).kind is ExitKind.KILLED  # its log says nothing
-        with anyio.fail_after(10):
-            while any(alive(p) for p in qemu):
-                await anyio.sleep(0.05)
+        await all_exited(qemu, 10)
         assert g.paths.control_socket.exists()
     # Relaunch in the same workdir; this time without a balloon, which crosvm then refuses.
     no_balloon = make_env("arm64", {"serial": {"count": 1}})
     async with booted(no_balloon, images["arm64"], tmp_path / "g") as g2:
         assert "Address already in use" not in g2.stderr()
-        assert "--no-balloon" in g2.engine.command(no_balloon, images["arm64"], g2.paths)
+        assert "--no-balloon" in g2.engine.command(no_balloon, images["arm64"], g2.paths, SETUP)
         with pytest.raises(Unsupported, match="os error 95"):
             await g2.vmm.balloon(4096)
         with anyio.fail_after(30):
@@ -480,10 +520,7 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
     engine = CrosvmEngine(str(DOUBLE), control_timeout_s=1.0)
     async with booted(make_env("arm64"), images["arm64"], tmp_path / "g", engine=engine,
                       wait_boot=False) as g:
-        with anyio.fail_after(30):
-            while not g.paths.control_socket.exists() or not g.qemu_pids():
-                assert g.vmm.returncode is None, g.stderr()
-                await anyio.sleep(0.05)
+        await until(g.controllable, 30, "the control socket and QEMU are up")
         qemu = g.qemu_pids()
         os.kill(g.vmm.pid, signal.SIGSTOP)  # alive, but its control server never answers
         with pytest.raises(HarnessError, match="did not complete within 1 s"):
@@ -491,9 +528,7 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
         with anyio.fail_after(10):
             await g.vmm.stop(timeout=1.0)
         assert g.vmm.returncode == -signal.SIGKILL
-        with anyio.fail_after(10):
-            while any(alive(p) for p in qemu):
-                await anyio.sleep(0.05)
+        await all_exited(qemu, 10)
 
 
 # -- the double's command line ------------------------------------------------------------------
@@ -502,7 +537,8 @@ async def test_stop_falls_back_to_killing_a_vmm_that_does_not_answer(
 @needs_qemu
 async def test_invalid_arguments_exit_35(images: dict[str, GuestImage], tmp_path: Path) -> None:
     engine = CrosvmEngine(binary=str(DOUBLE))
-    argv = engine.command(make_env("x86_64"), images["x86_64"], RunPaths(workdir=tmp_path))
+    argv = engine.command(make_env("x86_64"), images["x86_64"], RunPaths(workdir=tmp_path),
+                          SETUP)
     at = argv.index("run") + 1
     cases: dict[str, tuple[list[str], bytes]] = {
         "unknown option": (["--bogus-option"], b"Unrecognized argument: --bogus-option"),
@@ -569,26 +605,30 @@ async def test_x86_triple_fault_is_a_stop(tmp_path: Path) -> None:
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                     reason="crosvm (and so the engine) requires /dev/kvm before any probe")
 async def test_unavailable_decides_by_a_probe_boot(images: dict[str, GuestImage],
-                                                   tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   tmp_path: Path) -> None:
     """A real boot with crosvm (here the double) decides, once; the verdict is cached on disk."""
     cache = tmp_path / "cache"
-    monkeypatch.setattr(crosvm_mod, "cache_dir", lambda: cache)
     env = make_env("arm64")
-    assert await CrosvmEngine(str(DOUBLE)).unavailable(env) is None
-    verdicts = json.loads((cache / crosvm_mod.PROBE_CACHE_FILE).read_text())
+    engine = CrosvmEngine(str(DOUBLE))
+    setup = await Accel(cache).resolve(engine, env)
+    assert setup == VmmSetup(str(DOUBLE), "kvm", "crosvm 0.1.0-qemu-double")
+    verdicts = json.loads((cache / CACHE_FILE).read_text())
     [(key, verdict)] = verdicts.items()
-    assert key.startswith(f"{DOUBLE}|") and key.endswith("|arm64|debian-generic")
-    assert verdict["ok"] is True and "reached the shell" in verdict["reason"]
+    assert key.startswith(f"crosvm|{DOUBLE}|") and "|arm64|debian-generic|" in key
+    assert verdict["kvm"] is True and "reached the shell" in verdict["reason"]
     # A later run trusts the cache (a changed verdict there is what it reports).
-    (cache / crosvm_mod.PROBE_CACHE_FILE).write_text(
-        json.dumps({key: {"ok": False, "reason": "KVM internal error (recorded)"}}))
-    assert await CrosvmEngine(str(DOUBLE)).unavailable(env) == (
+    (cache / CACHE_FILE).write_text(
+        json.dumps({key: {"kvm": False, "reason": "KVM internal error (recorded)"}}))
+    with pytest.raises(EnvironmentUnavailable) as unavailable:
+        await Accel(cache).resolve(engine, env)
+    assert str(unavailable.value) == (
         "crosvm cannot boot a guest here: KVM internal error (recorded)")
 
     # A guest that never reaches its shell is a failed probe, with crosvm's words in it.
     kernel = triple_fault_kernel(tmp_path / "triple.bzImage")
     broken = dataclasses.replace(make_env("x86_64"), image=ImageRef(name="triple", kernel=kernel))
-    reason = await CrosvmEngine(str(DOUBLE)).unavailable(broken) or ""
+    with pytest.raises(EnvironmentUnavailable) as unavailable:
+        await Accel(cache).resolve(engine, broken)
+    reason = str(unavailable.value)
     assert reason.startswith("crosvm cannot boot a guest here: probe boot"), reason
     assert "exiting with success" in reason

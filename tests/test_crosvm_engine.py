@@ -28,8 +28,16 @@ from crosvm_double.keyvalues import KeyValueError
 from crosvm_double.triple_fault import triple_fault_kernel
 
 from harness import environments
+from harness.accel import Accel, Verdict
+from harness.cache import cache_dir
 from harness.engines import crosvm as crosvm_mod
-from harness.engines.base import ExitKind, RunPaths
+from harness.engines.base import (
+    BinaryLookup,
+    EnvironmentUnavailable,
+    RunPaths,
+    VmmSetup,
+    kvm_access_problem,
+)
 from harness.engines.crosvm import (
     DEPRECATED_RUN_OPTIONS,
     NO_BINARY,
@@ -41,6 +49,7 @@ from harness.engines.crosvm import (
 )
 from harness.environments import DeviceConfig, Environment, ImageRef
 from harness.errors import HarnessError
+from harness.exits import ExitKind
 from harness.images.model import GuestImage
 from harness.report.junit import _suite_properties
 from harness.results import RunResult, TestResult
@@ -131,6 +140,12 @@ def option_values(argv: list[str], option: str) -> list[str]:
 
 
 ENGINE = CrosvmEngine(binary=str(DOUBLE))
+SETUP = VmmSetup(str(DOUBLE), "kvm")
+
+
+def command(env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    """The engine's argv with the setup a run resolves for the double."""
+    return ENGINE.command(env, image, paths, SETUP)
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "arm64"])
@@ -138,7 +153,7 @@ ENGINE = CrosvmEngine(binary=str(DOUBLE))
 def test_argv_follows_crosvm_rules(tmp_path: Path, arch: str, devices: dict[str, Any]) -> None:
     image = make_image(tmp_path, arch)
     paths = paths_for(tmp_path, disks=2 if "virtio-blk" in devices else 0)
-    argv = ENGINE.command(make_env(arch, devices), image, paths)
+    argv = command(make_env(arch, devices), image, paths)
 
     assert argv[0] == str(DOUBLE)
     run = argv.index("run")
@@ -173,7 +188,7 @@ def test_engine_and_double_agree_with_the_spec_on_deprecated_flags() -> None:
 
 
 def test_console_serial_reads_stdin(tmp_path: Path) -> None:
-    argv = ENGINE.command(make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path))
+    argv = command(make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path))
     consoles = []
     for value in option_values(argv, "--serial"):
         params = double.parse_serial(value)
@@ -188,7 +203,7 @@ def test_console_serial_reads_stdin(tmp_path: Path) -> None:
 
 def test_devices_map_to_crosvm_options(tmp_path: Path) -> None:
     image = make_image(tmp_path, "x86_64")
-    full = ENGINE.command(make_env(devices=FULL), image, paths_for(tmp_path, disks=2))
+    full = command(make_env(devices=FULL), image, paths_for(tmp_path, disks=2))
     assert option_values(full, "--block") == [
         f"path={tmp_path / 'work' / 'disk0.img'}", f"path={tmp_path / 'work' / 'disk1.img'}"]
     assert option_values(full, "--net") == ["tap-name=crosvm_tap"]
@@ -198,13 +213,13 @@ def test_devices_map_to_crosvm_options(tmp_path: Path) -> None:
     assert not {"--no-balloon", "--no-rng", "--no-usb"} & set(full)
     assert "--disable-sandbox" in full
 
-    minimal = ENGINE.command(make_env(devices=MINIMAL, disable_sandbox=False), image,
+    minimal = command(make_env(devices=MINIMAL, disable_sandbox=False), image,
                              paths_for(tmp_path))
     assert {"--no-balloon", "--no-rng", "--no-usb"} <= set(minimal)
     assert not {"--net", "--gpu", "--vsock", "--block", "--disable-sandbox"} & set(minimal)
 
     # virtio-net without a TAP: nothing crosvm could run; the tests that need it are skipped.
-    no_tap = ENGINE.command(make_env(devices={"virtio-net": {}}), image, paths_for(tmp_path))
+    no_tap = command(make_env(devices={"virtio-net": {}}), image, paths_for(tmp_path))
     assert "--net" not in no_tap
 
 
@@ -218,7 +233,7 @@ def test_keyvalue_values_are_quoted_as_serde_keyvalue_needs(tmp_path: Path, name
     disk.write_bytes(b"\0" * 512)
     paths = RunPaths(workdir=tmp_path / "work", disks=(disk,))
     (tmp_path / "work").mkdir()
-    argv = ENGINE.command(make_env(devices=MINIMAL), make_image(tmp_path, "x86_64"), paths)
+    argv = command(make_env(devices=MINIMAL), make_image(tmp_path, "x86_64"), paths)
     [value] = option_values(argv, "--block")
     assert double.keyvalues(value, double.BLOCK) == {"path": str(disk)}
 
@@ -237,7 +252,7 @@ def test_serde_keyvalue_refuses_a_quote_in_an_unquoted_value(value: str, positio
 
 def test_params_carry_profile_then_environment_args(tmp_path: Path) -> None:
     image = make_image(tmp_path, "x86_64")
-    linux = ENGINE.command(make_env(kernel_args=("quiet", "harness.loglevel=7")), image,
+    linux = command(make_env(kernel_args=("quiet", "harness.loglevel=7")), image,
                            paths_for(tmp_path))
     [params] = option_values(linux, "--params")
     words = params.split(" ")
@@ -245,7 +260,7 @@ def test_params_carry_profile_then_environment_args(tmp_path: Path) -> None:
     # crosvm adds console=ttyS0 itself for the `console` serial: a second one would double it.
     assert not [w for w in words if w.startswith("console=")]
 
-    zircon = ENGINE.command(make_env(profile="zircon", kernel_args=("kernel.foo=1",),
+    zircon = command(make_env(profile="zircon", kernel_args=("kernel.foo=1",),
                                      name="fuchsia-crosvm"), image, paths_for(tmp_path))
     [params] = option_values(zircon, "--params")
     words = params.split(" ")
@@ -260,7 +275,7 @@ def test_params_carry_profile_then_environment_args(tmp_path: Path) -> None:
 def test_command_is_pure(tmp_path: Path) -> None:
     env, image, paths = make_env(), make_image(tmp_path, "x86_64"), paths_for(tmp_path)
     before = sorted(os.listdir(paths.workdir))
-    assert ENGINE.command(env, image, paths) == ENGINE.command(env, image, paths)
+    assert command(env, image, paths) == command(env, image, paths)
     assert sorted(os.listdir(paths.workdir)) == before
 
 
@@ -268,7 +283,7 @@ def test_gzip_arm64_image_is_refused(tmp_path: Path) -> None:
     packed = write_kernel(tmp_path / "Image.gz", "arm64", gzipped=True)
     image = GuestImage("debian-generic", "arm64", packed, None)  # no uncompressed Image
     with pytest.raises(HarnessError, match=r"gzip-compressed.*uncompressed Image"):
-        ENGINE.command(make_env("arm64"), image, paths_for(tmp_path))
+        ENGINE.check_image(make_env("arm64"), image)
 
 
 @pytest.mark.parametrize(("rc", "kind", "words"), [
@@ -344,26 +359,36 @@ def test_readme_exit_table_agrees_with_the_engine() -> None:
 # -- binary lookup and availability ------------------------------------------------------------
 
 
+async def unavailable(engine: CrosvmEngine, env: Environment,
+                      cache: Path | None = None) -> str | None:
+    """Why `env` cannot run with `engine` here, as a run resolves it (None: it can)."""
+    try:
+        await Accel(cache).resolve(engine, env)
+    except EnvironmentUnavailable as e:
+        return str(e)
+    return None
+
+
 async def test_no_binary_is_a_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HARNESS_CROSVM", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no crosvm on PATH
     engine = CrosvmEngine()
-    assert await engine.unavailable(make_env()) == NO_BINARY
-    assert engine.binary == "crosvm"  # argv[0] still names what is missing
+    assert await unavailable(engine, make_env()) == NO_BINARY
+    assert engine.locate("x86_64").shown == "crosvm"  # argv[0] still names what is missing
 
 
 async def test_harness_crosvm_pointing_nowhere(monkeypatch: pytest.MonkeyPatch,
                                                tmp_path: Path) -> None:
     missing = tmp_path / "no-such-crosvm"
     monkeypatch.setenv("HARNESS_CROSVM", str(missing))
-    reason = await CrosvmEngine().unavailable(make_env())
+    reason = await unavailable(CrosvmEngine(), make_env())
     assert reason == f"HARNESS_CROSVM={missing}: no such file"
 
     not_exec = tmp_path / "crosvm"
     not_exec.write_text("#!/bin/sh\n")
     not_exec.chmod(0o644)
     monkeypatch.setenv("HARNESS_CROSVM", str(not_exec))
-    assert await CrosvmEngine().unavailable(make_env()) == (
+    assert await unavailable(CrosvmEngine(), make_env()) == (
         f"HARNESS_CROSVM={not_exec}: not an executable file")
 
 
@@ -376,42 +401,42 @@ def test_binary_lookup_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert find_binary(environ=environ).source == "PATH"
     assert find_binary(environ=environ).path == str(on_path)
     environ["HARNESS_CROSVM"] = str(DOUBLE)
-    assert find_binary(environ=environ) == crosvm_mod.BinaryLookup(str(DOUBLE), "HARNESS_CROSVM")
+    assert find_binary(environ=environ) == BinaryLookup("crosvm", str(DOUBLE), "HARNESS_CROSVM")
     assert find_binary(str(on_path), environ=environ).source == "argument"
     monkeypatch.setenv("HARNESS_CROSVM", str(DOUBLE))
-    assert CrosvmEngine().binary == str(DOUBLE)
+    assert CrosvmEngine().locate("arm64").path == str(DOUBLE)
 
 
-def test_kvm_verdict_cache_is_keyed_by_binary(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+def test_kvm_verdict_cache_is_keyed_by_binary(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
     binary = tmp_path / "crosvm"
     shutil.copy(DOUBLE, binary)
     binary.chmod(0o755)
     env = make_env()
     engine = CrosvmEngine(binary=str(binary))
-    assert engine.cached_verdict(env) is None
-    engine.store_verdict(env, False, "probe boot did not reach the shell in 45 s")
-    # Another engine (another run) reads it from disk.
-    assert CrosvmEngine(binary=str(binary)).cached_verdict(env) == (
+    assert Accel(cache).cached(engine, env) is None
+    Accel(cache).store(engine, env, Verdict(False, "probe boot did not reach the shell in 45 s"))
+    # Another run reads it from disk.
+    assert Accel(cache).cached(engine, env) == Verdict(
         False, "probe boot did not reach the shell in 45 s")
-    assert CrosvmEngine(binary=str(binary)).cached_verdict(make_env("arm64")) is None
+    assert Accel(cache).cached(engine, make_env("arm64")) is None
     # A replaced binary (other size and mtime) is probed again.
     binary.write_bytes(binary.read_bytes() + b"\n# rebuilt\n")
     os.utime(binary, ns=(1, 1))
-    assert CrosvmEngine(binary=str(binary)).cached_verdict(env) is None
+    assert Accel(cache).cached(engine, env) is None
 
 
 @pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="needs /dev/kvm")
-async def test_unavailable_reports_the_cached_probe_verdict(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+async def test_unavailable_reports_the_cached_probe_verdict(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
     engine = CrosvmEngine(binary=str(DOUBLE))
-    engine.store_verdict(make_env(), False, "probe boot under KVM failed: emulation failure")
-    assert await engine.unavailable(make_env()) == (
+    Accel(cache).store(engine, make_env(),
+                       Verdict(False, "probe boot under KVM failed: emulation failure"))
+    assert await unavailable(engine, make_env(), cache) == (
         "crosvm cannot boot a guest here: probe boot under KVM failed: emulation failure")
-    engine.store_verdict(make_env(), True, "probe boot under KVM reached the shell in 1.0 s")
-    assert await engine.unavailable(make_env()) is None
+    Accel(cache).store(engine, make_env(),
+                       Verdict(True, "probe boot under KVM reached the shell in 1.0 s"))
+    assert await unavailable(engine, make_env(), cache) is None
 
 
 def test_device_unavailable_reasons(tmp_path: Path) -> None:
@@ -430,29 +455,24 @@ def test_device_unavailable_reasons(tmp_path: Path) -> None:
         assert "/dev/vhost-vsock" in (device_unavailable(vsock, "virtio-vsock") or "")
 
 
-async def test_doctor_checks_options_against_help(monkeypatch: pytest.MonkeyPatch,
-                                                  tmp_path: Path) -> None:
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+async def test_doctor_checks_options_against_help(tmp_path: Path) -> None:
     engine = CrosvmEngine(binary=str(DOUBLE))
     envs = [make_env("x86_64", FULL, name="a"), make_env("arm64", MINIMAL, name="b")]
-    for env in envs:  # no probe boot in a unit test: the verdicts are known
-        engine.store_verdict(env, True, "probe boot reached the shell")
     report = await engine.doctor(envs)
     assert report["binary"] == str(DOUBLE) and report["source"] == "argument"
     assert report["version"].startswith("crosvm ")
     assert report["missing_options"] == []
     assert {"--extended-status", "--serial", "--no-balloon", "--gpu"} <= set(report["options"])
     kvm_ok = os.access("/dev/kvm", os.R_OK | os.W_OK)
-    assert report["environments"] == ({"a": "ok", "b": "ok"} if kvm_ok else
-                                      {"a": report["kvm"], "b": report["kvm"]})
+    assert (report["kvm"] == "ok") == kvm_ok
 
 
 async def test_doctor_without_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("HARNESS_CROSVM", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    report = await CrosvmEngine().doctor([make_env(name="a")])
+    report = await CrosvmEngine().doctor([make_env(name="a")], {"a": ["crosvm", "run", "k"]})
     assert report["binary"] is None and report["problem"] == NO_BINARY
-    assert report["environments"] == {"a": NO_BINARY}
+    assert report["parse_check"] == {"a": f"not run: {NO_BINARY}"}
 
 
 # -- launch -------------------------------------------------------------------------------------
@@ -470,7 +490,7 @@ async def test_launch_removes_a_stale_control_socket(tmp_path: Path) -> None:
     image = GuestImage("triple", "x86_64", kernel, None)
     master, slave = os.openpty()
     try:
-        vmm = await ENGINE.launch(make_env(devices=MINIMAL), image, paths, slave)
+        vmm = await ENGINE.launch(make_env(devices=MINIMAL), image, paths, SETUP, slave)
         try:
             with anyio.fail_after(30):
                 rc = await vmm.wait()
@@ -514,11 +534,15 @@ def test_harness_plan_json_prints_crosvm_command_lines_crosvm_accepts() -> None:
 async def test_vmm_version_is_recorded_once_known(tmp_path: Path) -> None:
     """The version crosvm reports is what results record (a JUnit testsuite property)."""
     engine = CrosvmEngine(binary=str(DOUBLE))
-    assert engine.vmm_version(make_env()) == ""  # not asked yet: nothing is made up
-    assert await engine.version() == "crosvm 0.1.0-qemu-double"
-    assert engine.vmm_version(make_env()) == "crosvm 0.1.0-qemu-double"
+    version = await engine.version(str(DOUBLE))
+    assert version == "crosvm 0.1.0-qemu-double"
+    # What a run records is the setup's (a verdict on record: no probe boot here).
+    accel = Accel(tmp_path / "cache")
+    accel.store(engine, make_env(), Verdict(True, "recorded for this test"))
+    if kvm_access_problem() is None:  # crosvm needs /dev/kvm to be usable at all
+        assert (await accel.resolve(engine, make_env())).version == version
     result = TestResult(test="t", suite="s", environment="crosvm-env", engine="crosvm",
-                        arch="x86_64", blocking=False, vmm_version=engine.vmm_version(make_env()))
+                        arch="x86_64", blocking=False, vmm_version=version)
     assert TestResult.from_json(result.to_json()).vmm_version == "crosvm 0.1.0-qemu-double"
     props = _suite_properties(RunResult(results=[result], out_dir=tmp_path), [result])
     assert props["vmm_version"] == "crosvm 0.1.0-qemu-double"
@@ -531,7 +555,7 @@ def test_harness_doctor_runs_the_parser_check(tmp_path: Path,
     the same with a real crosvm). No probe boot: the verdicts are recorded beforehand."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "images").symlink_to(crosvm_mod.cache_dir() / "images")
+    (cache / "images").symlink_to(cache_dir() / "images")
     data = json.loads((ROOT / "environments.json").read_text())
     # Environments that boot a build's product bundle have no command line without a build.
     data["environments"] = {k: v for k, v in data["environments"].items()
@@ -541,7 +565,7 @@ def test_harness_doctor_runs_the_parser_check(tmp_path: Path,
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
     monkeypatch.setenv("HARNESS_CROSVM", str(DOUBLE))
     for env in environments.load(envfile):
-        CrosvmEngine().store_verdict(env, True, "recorded for this test")
+        Accel(cache).store(CrosvmEngine(), env, Verdict(True, "recorded for this test"))
     proc = subprocess.run([sys.executable, "-m", "harness", "doctor", "--environments",
                            str(envfile)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, check=False)

@@ -89,7 +89,8 @@ def crosvm_env() -> Environment:
 async def test_probe_boot_ends_on_crosvms_kvm_failure(fault: str, line: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe itself, through the engine, against the double failing as crosvm does."""
-    from harness.images import ImageError, ensure_image
+    from harness.images.build import ensure_image
+    from harness.images.errors import ImageError
 
     try:
         ensure_image("debian-cloud", "x86_64")
@@ -99,7 +100,7 @@ async def test_probe_boot_ends_on_crosvms_kvm_failure(fault: str, line: str,
     env = crosvm_env()
     started = time.monotonic()
     with anyio.fail_after(kvmprobe.PROBE_TIMEOUT_S + 20):
-        ok, reason = await probe_boot(CrosvmEngine(str(DOUBLE)), env)
+        ok, reason = await probe_boot(CrosvmEngine(str(DOUBLE)), env, str(DOUBLE))
     took = time.monotonic() - started
     assert not ok
     assert line in reason, reason

@@ -11,6 +11,7 @@ tests/test_fuchsia_standin.py boots the same paths for real, on stand-in bundles
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -25,8 +26,9 @@ import anyio
 
 from harness import environments as envmod
 from harness.console import SerialLog
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import BinaryLookup, Engine, RunPaths, Vmm, VmmSetup
 from harness.environments import Environment
+from harness.exits import ExitInfo, ExitKind
 from harness.fuchsia import boottest
 from harness.fuchsia.build import ProductBundle
 from harness.guest import Guest
@@ -71,6 +73,9 @@ class ScriptVmm(Vmm):
         self.fd, self.pid, self.script, self.received = fd, os.getpid(), script, received
         self._rc: int | None = None
         self._stop = threading.Event()
+        # Set when the script 'exits' (from its thread, or stop/kill): what wait() awaits.
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
         self.thread = threading.Thread(target=self._play, daemon=True)
         self.thread.start()
 
@@ -82,7 +87,7 @@ class ScriptVmm(Vmm):
                 else:
                     os.write(self.fd, chunk)
             if self.script.exit is not None:
-                time.sleep(0.1)
+                # What was written stays readable after the hangup (the pty keeps it).
                 self._close(self.script.exit)
                 return
             while not self._stop.is_set():  # hang, keeping what the harness sends
@@ -97,10 +102,11 @@ class ScriptVmm(Vmm):
             self._rc = rc
             self._stop.set()
             os.close(self.fd)
+            self._loop.call_soon_threadsafe(self._exited.set)
 
     async def wait(self) -> int:
-        while self._rc is None:
-            await anyio.sleep(0.01)
+        await self._exited.wait()
+        assert self._rc is not None
         return self._rc
 
     @property
@@ -115,23 +121,28 @@ class ScriptVmm(Vmm):
         await anyio.to_thread.run_sync(self.thread.join, 2.0)
 
 
+SETUP = VmmSetup("script-vmm", "tcg")
+
+
 class ScriptEngine(Engine):
     name = "qemu"
+    accelerators = ("tcg",)  # a script: nothing to probe
 
     def __init__(self, *scripts: Script) -> None:
         self.scripts = list(scripts)
         self.received: list[bytes] = []
         self.launched: list[Environment] = []
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("script-vmm", "script-vmm", "test")
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         return ["script-vmm", "-kernel", str(image.kernel), "-initrd", str(image.initrd),
                 "-append", f"kernel.entropy-mixin={env.entropy_mixin} TERM=dumb"]
 
-    async def unavailable(self, env: Environment) -> str | None:
-        return None
-
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> Vmm:
+                     setup: VmmSetup, console_fd: int) -> Vmm:
         self.launched.append(env)
         script = self.scripts.pop(0)
         # Like a Linux stand-in, the 'kernel' prints its command line, secret and all.
@@ -155,7 +166,7 @@ async def judge(tmp_path: Path, script: Script, *, timeout: float = 30.0,
     work = tmp_path / "work"
     work.mkdir(parents=True, exist_ok=True)
     guest = Guest(env_with_mixin(), engine, image, tmp_path / "serial.log", workdir=work,
-                  own_workdir=False)
+                  own_workdir=False, setup=SETUP)
     try:
         verdict = await boottest.run_boot_test(guest, timeout=timeout, bootup_timeout=bootup)
     finally:
@@ -227,7 +238,7 @@ async def test_bootup_timeout_bounds_the_time_to_the_first_serial_byte(tmp_path:
     engine.launch = _silent_launch(engine)  # type: ignore[method-assign]
     image = GuestImage(name="b", arch="x86_64", kernel=tmp_path / "k", initrd=None)
     guest = Guest(env_with_mixin(), engine, image, tmp_path / "serial.log",
-                  workdir=tmp_path, own_workdir=False)
+                  workdir=tmp_path, own_workdir=False, setup=SETUP)
     started = time.monotonic()
     try:
         verdict = await boottest.run_boot_test(guest, timeout=30, bootup_timeout=0.5)
@@ -241,7 +252,7 @@ async def test_bootup_timeout_bounds_the_time_to_the_first_serial_byte(tmp_path:
 
 def _silent_launch(engine: ScriptEngine):  # type: ignore[no-untyped-def]
     async def launch(env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> Vmm:
+                     setup: VmmSetup, console_fd: int) -> Vmm:
         return ScriptVmm(os.dup(console_fd), Script([]), engine.received)
     return launch
 

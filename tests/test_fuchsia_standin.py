@@ -86,7 +86,7 @@ class Run:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     if not all(shutil.which(q) for q in ("qemu-system-x86_64", "qemu-system-aarch64")):
         pytest.skip("the stand-in boots need qemu-system-x86_64 and qemu-system-aarch64")
-    from harness.images import ImageError
+    from harness.images.errors import ImageError
 
     base = tmp_path_factory.mktemp("standin")
     try:

@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 import xmlschema
 
+from harness.cache import cache_dir
 from harness.cli import main
-from harness.images import cache_dir
 from harness.report import load_summary, write_summary
 from harness.report.summary import GO_ZERO_TIME, parse_time
 from harness.results import Attempt, Case, RunResult, Status

@@ -31,30 +31,28 @@ import pexpect
 import pytest
 from qemu.qmp import QMPClient
 
+from harness.cache import cache_dir
 from harness.errors import HarnessError
-from harness.images import (
-    IMAGE_NAMES,
+from harness.images import cpio as images_cpio
+from harness.images import initramfs as images_initramfs
+from harness.images import kernel as images_kernel
+from harness.images import modules as images_modules
+from harness.images import recipe as images_recipe
+from harness.images.build import build_image, ensure_image
+from harness.images.cpio import CpioEntry, read_cpio, write_cpio
+from harness.images.errors import AptListsMissing, ImageNotBuilt, PackageDownloadError
+from harness.images.model import GuestImage
+from harness.images.modules import (
     MODULE_WANTS,
-    AptListsMissing,
-    CpioEntry,
-    GuestImage,
-    ImageNotBuilt,
     ModuleWant,
-    PackageDownloadError,
-    build_image,
-    cache_dir,
-    ensure_image,
-    list_images,
     parse_modules_builtin,
     parse_modules_dep,
-    read_cpio,
-    recipe_key,
     resolve_modules,
-    write_cpio,
 )
-from harness.images import build as images_build
+from harness.images.recipe import IMAGE_NAMES, recipe_key
+from harness.images.store import list_images
 
-INIT_SH = Path(images_build.__file__).with_name("init.sh")
+INIT_SH = Path(images_recipe.__file__).with_name("init.sh")
 
 # --------------------------------------------------------------------------------------
 # cpio
@@ -170,11 +168,12 @@ def test_initramfs_bytes_do_not_depend_on_when_or_in_which_order_files_were_made
 ) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     _tree(a, reverse=False)
-    time.sleep(0.01)
     _tree(b, reverse=True)
-    os.utime(b / "init", (1, 1))
-    images_build.write_initramfs(images_build.tree_entries(a), tmp_path / "a.gz")
-    images_build.write_initramfs(images_build.tree_entries(b), tmp_path / "b.gz")
+    # Made at other times: every file and directory of b gets mtimes a's do not have.
+    for n, path in enumerate(sorted(b.rglob("*"), reverse=True), start=1):
+        os.utime(path, (n, n), follow_symlinks=False)
+    images_initramfs.write_initramfs(images_cpio.tree_entries(a), tmp_path / "a.gz")
+    images_initramfs.write_initramfs(images_cpio.tree_entries(b), tmp_path / "b.gz")
     raw = (tmp_path / "a.gz").read_bytes()
     assert raw == (tmp_path / "b.gz").read_bytes()
     # gzip header: no file name (FLG.FNAME clear), MTIME zero.
@@ -197,7 +196,7 @@ def test_gzip_arm64_kernel_is_decompressed_and_the_original_kept(tmp_path: Path)
     vmlinuz.write_bytes(gzip.compress(image))
     out = tmp_path / "out"
     out.mkdir()
-    assert images_build._install_kernel(vmlinuz, "arm64", out) == "Image.gz"
+    assert images_kernel.install_kernel(vmlinuz, "arm64", out) == "Image.gz"
     assert (out / "kernel").read_bytes() == image
     assert (out / "Image.gz").read_bytes() == vmlinuz.read_bytes()
 
@@ -207,11 +206,11 @@ def test_raw_arm64_kernel_is_used_as_is_and_garbage_is_refused(tmp_path: Path) -
     vmlinuz.write_bytes(_fake_arm64_image())
     out = tmp_path / "out"
     out.mkdir()
-    assert images_build._install_kernel(vmlinuz, "arm64", out) == "Image"
+    assert images_kernel.install_kernel(vmlinuz, "arm64", out) == "Image"
     assert (out / "kernel").read_bytes() == vmlinuz.read_bytes()
     assert not (out / "Image.gz").exists()
     with pytest.raises(HarnessError, match="not a bzImage"):
-        images_build._install_kernel(vmlinuz, "x86_64", out)
+        images_kernel.install_kernel(vmlinuz, "x86_64", out)
 
 
 # --------------------------------------------------------------------------------------
@@ -263,37 +262,37 @@ def test_vmlinux_is_extracted_from_an_xz_bzimage_and_the_relocs_left_out() -> No
     elf = _fake_elf()
     relocs = b"\0\0\0\0" + b"\x10\x20\x30\x40" * 30  # what CONFIG_X86_NEED_RELOCS appends
     bzimage = _fake_bzimage(_kernel_xz(elf + relocs))
-    assert images_build.bzimage_payload(bzimage) == _kernel_xz(elf + relocs)
-    assert images_build.extract_vmlinux(bzimage) == (elf, "xz")
+    assert images_kernel.bzimage_payload(bzimage) == _kernel_xz(elf + relocs)
+    assert images_kernel.extract_vmlinux(bzimage) == (elf, "xz")
     # setup_sects 0 means 4, as in the oldest boot loaders' convention.
     bzimage = _fake_bzimage(_kernel_xz(elf), setup_sects=0)
-    assert bzimage[0x1F1] == 0 and images_build.extract_vmlinux(bzimage) == (elf, "xz")
+    assert bzimage[0x1F1] == 0 and images_kernel.extract_vmlinux(bzimage) == (elf, "xz")
 
 
 def test_vmlinux_without_pvh_note_or_in_another_form_is_refused(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="no Xen PVH entry note"):
-        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf(pvh=False))))
+        images_kernel.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf(pvh=False))))
     with pytest.raises(HarnessError, match="malformed ELF"):
-        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf()[:100])))
+        images_kernel.extract_vmlinux(_fake_bzimage(_kernel_xz(_fake_elf()[:100])))
     with pytest.raises(HarnessError, match="not a little-endian ELF64"):
-        images_build.extract_vmlinux(_fake_bzimage(_kernel_xz(b"\0" * 200)))
+        images_kernel.extract_vmlinux(_fake_bzimage(_kernel_xz(b"\0" * 200)))
     wrong_size = _kernel_xz(_fake_elf())[:-4] + struct.pack("<I", 12345)
     with pytest.raises(HarnessError, match="trailer says 12345"):
-        images_build.extract_vmlinux(_fake_bzimage(wrong_size))
+        images_kernel.extract_vmlinux(_fake_bzimage(wrong_size))
     gzipped = gzip.compress(_fake_elf(), mtime=0)
     with pytest.raises(HarnessError, match="neither XZ nor LZ4"):
-        images_build.extract_vmlinux(_fake_bzimage(gzipped))
+        images_kernel.extract_vmlinux(_fake_bzimage(gzipped))
     with pytest.raises(HarnessError, match="outside"):
-        images_build.bzimage_payload(_fake_bzimage(_kernel_xz(_fake_elf()))[:-150])
+        images_kernel.bzimage_payload(_fake_bzimage(_kernel_xz(_fake_elf()))[:-150])
     with pytest.raises(HarnessError, match="not a bzImage"):
-        images_build.bzimage_payload(_fake_arm64_image())
+        images_kernel.bzimage_payload(_fake_arm64_image())
     # In the build: no vmlinux, the reason in the manifest; the bzImage still boots.
     (tmp_path / "kernel").write_bytes(_fake_bzimage(gzipped))
-    info = images_build._install_kernel_elf(tmp_path / "kernel", tmp_path)
+    info = images_kernel.install_kernel_elf(tmp_path / "kernel", tmp_path)
     assert info["file"] is None and "neither XZ nor LZ4" in str(info["reason"])
     assert not (tmp_path / "vmlinux").exists()
     (tmp_path / "kernel").write_bytes(_fake_bzimage(_kernel_xz(_fake_elf())))
-    info = images_build._install_kernel_elf(tmp_path / "kernel", tmp_path)
+    info = images_kernel.install_kernel_elf(tmp_path / "kernel", tmp_path)
     assert info["file"] == "vmlinux" and (tmp_path / "vmlinux").read_bytes() == _fake_elf()
 
 
@@ -309,13 +308,13 @@ def test_lz4_legacy_frame_decoder_on_hand_made_blocks() -> None:
     for block in (block1, block2):
         frame += struct.pack("<I", len(block)) + block
     expected = b"abc" * 9 + b"x" * 272 + b"z" * 7 + b"!"
-    assert images_build.lz4_legacy_decompress(frame) == expected
+    assert images_kernel.lz4_legacy_decompress(frame) == expected
     # A repeated magic starts another frame (lz4 -l concatenated); the output continues.
-    assert images_build.lz4_legacy_decompress(frame + frame) == expected * 2
+    assert images_kernel.lz4_legacy_decompress(frame + frame) == expected * 2
     with pytest.raises(HarnessError, match="offset"):
-        images_build.lz4_legacy_decompress(magic + struct.pack("<I", 4) + b"\x10a\x05\x00")
+        images_kernel.lz4_legacy_decompress(magic + struct.pack("<I", 4) + b"\x10a\x05\x00")
     with pytest.raises(HarnessError, match="past the end"):
-        images_build.lz4_legacy_decompress(magic + struct.pack("<I", 99) + b"\x10a")
+        images_kernel.lz4_legacy_decompress(magic + struct.pack("<I", 99) + b"\x10a")
 
 
 @pytest.mark.skipif(shutil.which("lz4") is None, reason="lz4 command not installed")
@@ -330,9 +329,9 @@ def test_lz4_legacy_decoder_reads_what_the_lz4_tool_writes(tmp_path: Path) -> No
         ["lz4", "-l", "-9", "-c", "-q"], input=data, capture_output=True, check=True
     ).stdout
     assert len(data) > 8 << 20 and packed.startswith(struct.pack("<I", 0x184C2102))
-    assert images_build.lz4_legacy_decompress(packed) == data
+    assert images_kernel.lz4_legacy_decompress(packed) == data
     bzimage = _fake_bzimage(packed + struct.pack("<I", len(data)))
-    assert images_build.extract_vmlinux(bzimage) == (data[: len(_fake_elf())], "lz4")
+    assert images_kernel.extract_vmlinux(bzimage) == (data[: len(_fake_elf())], "lz4")
 
 
 def test_qemu_boots_the_elf_vmlinux_on_x86_64_only(tmp_path: Path) -> None:
@@ -398,7 +397,7 @@ def test_modules_dep_parsing_and_name_normalisation() -> None:
     )
     assert deps["kernel/drivers/virtio/virtio.ko"] == ()
     assert parse_modules_builtin(FAKE_BUILTIN) == {"rtc_cmos", "af_packet"}
-    assert images_build.module_name("kernel/x/virtio-rng.ko.xz") == "virtio_rng"
+    assert images_modules.module_name("kernel/x/virtio-rng.ko.xz") == "virtio_rng"
     with pytest.raises(ValueError):
         parse_modules_dep("no colon here\n")
 
@@ -521,8 +520,8 @@ def test_a_changed_init_script_invalidates_the_index(
 ) -> None:
     _fake_built(tmp_path, "debian-cloud", "x86_64", recipe_key("debian-cloud", "x86_64"))
     assert ensure_image("debian-cloud", "x86_64", build=False, cache=tmp_path)
-    original = images_build._init_script()
-    monkeypatch.setattr(images_build, "_init_script", lambda: original + b"\n# changed\n")
+    original = images_recipe.init_script()
+    monkeypatch.setattr(images_recipe, "init_script", lambda: original + b"\n# changed\n")
     with pytest.raises(ImageNotBuilt, match="harness images build"):
         ensure_image("debian-cloud", "x86_64", build=False, cache=tmp_path)
 
@@ -691,7 +690,7 @@ def test_x86_64_image_carries_the_elf_vmlinux_with_a_pvh_note(
     assert image.kernel_elf == image.kernel.parent / "vmlinux"
     elf = image.kernel_elf.read_bytes()
     assert elf[:4] == b"\x7fELF"
-    assert images_build.pvh_elf_size(elf) == len(elf)  # has the PVH note, nothing after
+    assert images_kernel.pvh_elf_size(elf) == len(elf)  # has the PVH note, nothing after
     manifest = json.loads((image.kernel.parent / "manifest.json").read_text())
     # Debian builds the generic kernel with XZ, the cloud one with LZ4.
     compression = {"debian-generic": "xz", "debian-cloud": "lz4"}[name]
@@ -702,7 +701,7 @@ def test_x86_64_image_carries_the_elf_vmlinux_with_a_pvh_note(
     }
     bzimage = image.kernel.read_bytes()
     assert bzimage[0x202:0x206] == b"HdrS"  # the bzImage is kept, for crosvm
-    assert images_build.extract_vmlinux(bzimage) == (elf, compression)
+    assert images_kernel.extract_vmlinux(bzimage) == (elf, compression)
 
 
 @pytest.mark.integration
@@ -786,7 +785,7 @@ async def test_power_button_shuts_the_guest_down(
 _BUILD_IN_SUBPROCESS = """
 import json, sys
 from pathlib import Path
-from harness.images import build_image
+from harness.images.build import build_image
 image = build_image(sys.argv[1], sys.argv[2], cache=Path(sys.argv[3]))
 print(json.dumps({"digest": image.digest, "initrd": str(image.initrd),
                   "kernel_elf": str(image.kernel_elf)}))

@@ -126,12 +126,12 @@ def test_unwritable_out_as_an_unprivileged_user(short_tmp: Path) -> None:
 
 def test_reused_out_starts_clean_or_refuses(short_tmp: Path) -> None:
     out = short_tmp / "out"
-    first = run(short_tmp, "--out", str(out), "-k", "nothing")
+    first = run(short_tmp, "--out", str(out), "-k", "nothing", "--allow-empty")
     assert first.returncode == 0, first.stderr
     assert (out / RUN_MARKER).is_file() and (out / "summary.json").is_file()
     (out / "qemu-x64-minimal").mkdir()
     (out / "qemu-x64-minimal" / "serial.log").write_text("an earlier run's boot\n")
-    second = run(short_tmp, "--out", str(out), "-k", "nothing")
+    second = run(short_tmp, "--out", str(out), "-k", "nothing", "--allow-empty")
     assert second.returncode == 0, second.stderr
     assert f"{out} held an earlier run; its results were removed" in second.stderr
     assert not (out / "qemu-x64-minimal").exists()
@@ -139,12 +139,12 @@ def test_reused_out_starts_clean_or_refuses(short_tmp: Path) -> None:
     other = short_tmp / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    proc = run(short_tmp, "--out", str(other), "-k", "nothing")
+    proc = run(short_tmp, "--out", str(other), "-k", "nothing", "--allow-empty")
     assert proc.returncode == 2 and "holds no earlier harness run; refusing" in proc.stderr
     assert (other / "notes.txt").read_text() == "keep me"
     # A live run's directory (this process stands in for it): refused, untouched.
     (out / RUN_MARKER).write_text(owner_record())
-    proc = run(short_tmp, "--out", str(out), "-k", "nothing")
+    proc = run(short_tmp, "--out", str(out), "-k", "nothing", "--allow-empty")
     assert proc.returncode == 2
     assert f"is in use by another harness run (pid {os.getpid()})" in proc.stderr
     assert (out / "summary.json").exists()
@@ -171,7 +171,7 @@ def test_work_dirs_of_dead_runs_are_swept_at_the_next_start(short_tmp: Path) -> 
     build = cache / "images" / ".build-abc"
     build.mkdir()
     (cache / "images" / ".build-abc.owner").write_text(_dead_owner())
-    proc = run(short_tmp, "--out", str(short_tmp / "out"), "-k", "nothing",
+    proc = run(short_tmp, "--out", str(short_tmp / "out"), "-k", "nothing", "--allow-empty",
                env={"HARNESS_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stderr
     assert "removed 1 work directory left by runs that were killed" in proc.stderr
@@ -190,6 +190,17 @@ def test_closed_stdout_of_plan_is_no_traceback(short_tmp: Path) -> None:
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
 
 
+def wait_for_open(pid: int, path: Path, timeout: float) -> None:
+    """Until process `pid` has `path` open (one of its /proc/PID/fd links names it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return
+        assert time.monotonic() < deadline, f"pid {pid} never opened {path}"
+        time.sleep(0.01)
+
+
 def test_a_signal_while_reading_inputs_ends_the_run_at_once(short_tmp: Path) -> None:
     """Blocked reading a pipe whose writer sends nothing: SIGTERM ends it with 143."""
     fifo = short_tmp / "fifo"
@@ -199,7 +210,9 @@ def test_a_signal_while_reading_inputs_ends_the_run_at_once(short_tmp: Path) -> 
         proc = subprocess.Popen([*HARNESS, "run", "--tests", str(fifo), "--out",
                                  str(short_tmp / "out")], cwd=ROOT, stderr=subprocess.PIPE,
                                 text=True)
-        time.sleep(2)  # no event to wait for: the harness is blocked in read()
+        # The harness has the pipe open (its signal handlers are in place before it reads
+        # any input) and is blocked reading it.
+        wait_for_open(proc.pid, fifo, 30)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)

@@ -10,6 +10,7 @@ import pexpect
 import pexpect.fdpexpect
 import pytest
 
+from harness.app import make_engines
 from harness.fuchsia.tefmocheck import serial_checks
 from harness.profiles import PROFILE_NAMES, Profile, get_profile
 from harness.profiles.base import EXCERPT_AFTER, EXCERPT_BEFORE, clean_text
@@ -89,6 +90,8 @@ def test_zircon_boot_marker() -> None:
 
 # -- kernel arguments --------------------------------------------------------------------------
 
+ENGINES = make_engines()
+
 
 @pytest.mark.parametrize(("arch", "engine", "expected"), [
     ("x86_64", "qemu", ["console=ttyS0"]),
@@ -97,7 +100,9 @@ def test_zircon_boot_marker() -> None:
     ("arm64", "crosvm", []),
 ])
 def test_linux_kernel_args(arch: str, engine: str, expected: list[str]) -> None:
-    assert LINUX.kernel_args(arch=arch, engine=engine, nodename="env-1") == expected
+    """crosvm adds console=ttyS0 itself (the engine says so: `adds_console_argument`)."""
+    adds = ENGINES[engine].adds_console_argument
+    assert LINUX.kernel_args(arch=arch, vmm_adds_console=adds, nodename="env-1") == expected
 
 
 @pytest.mark.parametrize("engine", ["qemu", "crosvm"])
@@ -106,7 +111,8 @@ def test_zircon_kernel_args_x64_are_botanists_in_its_order(engine: str) -> None:
     fuchsia-5254-1234-1234 whatever the environment is called, and the entropy mixin
     sits between the lockup-detector zeros and TERM=dumb."""
     mixin = "0123456789abcdef" * 4
-    assert ZIRCON.kernel_args(arch="x86_64", engine=engine, nodename="crosvm-x64-0",
+    adds = ENGINES[engine].adds_console_argument
+    assert ZIRCON.kernel_args(arch="x86_64", vmm_adds_console=adds, nodename="crosvm-x64-0",
                               entropy_mixin=mixin) == [
         "zircon.nodename=fuchsia-5254-1234-1234",
         "kernel.halt-on-panic=true",
@@ -122,7 +128,7 @@ def test_zircon_kernel_args_x64_are_botanists_in_its_order(engine: str) -> None:
 
 
 def test_zircon_kernel_args_arm64_has_no_legacy_serial_and_no_mixin_unless_given() -> None:
-    args = ZIRCON.kernel_args(arch="arm64", engine="qemu", nodename="n")
+    args = ZIRCON.kernel_args(arch="arm64", vmm_adds_console=False, nodename="n")
     assert "kernel.serial=legacy" not in args
     assert not [a for a in args if a.startswith("kernel.entropy-mixin=")]
     assert args[-1] == "TERM=dumb"

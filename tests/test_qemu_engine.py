@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 import pytest
 
-from harness import environments, kvmprobe
-from harness.engines import qemu as qemu_mod
+from harness import environments
+from harness.accel import CACHE_FILE, Accel
 from harness.engines.qemu import QemuEngine
 from harness.kvmprobe import watch_vmm_stderr
 from harness.profiles import get_profile
@@ -47,25 +47,24 @@ def needs_kvm_probe(test: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @needs_kvm_probe
-async def test_kvm_verdict_comes_from_a_real_probe_boot_and_is_cached(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(qemu_mod, "_cache_dir", lambda: tmp_path)
+async def test_kvm_verdict_comes_from_a_real_probe_boot_and_is_cached(tmp_path: Path) -> None:
     env = environments.load(ROOT / "environments.json").get("qemu-x64-minimal")
-    accel, reason = await QemuEngine().kvm_verdict(env)
-    if accel == "kvm":
-        assert "reached the shell" in reason, reason
+    engine = QemuEngine()
+    binary = engine.locate("x86_64").path
+    assert binary is not None
+    verdict = await Accel(tmp_path).verdict(engine, env, binary)
+    if verdict.kvm:
+        assert "reached the shell" in verdict.reason, verdict.reason
     else:
-        assert accel == "tcg"
-        assert reason.startswith("probe boot under KVM"), reason
-    [entry] = json.loads((tmp_path / "kvm-verdict.json").read_text()).values()
-    assert (entry["accel"], entry["reason"]) == (accel, reason)
-    # A second engine trusts the cache: same verdict, no probe boot.
+        assert verdict.reason.startswith("probe boot under KVM"), verdict.reason
+    [entry] = json.loads((tmp_path / CACHE_FILE).read_text()).values()
+    assert (entry["kvm"], entry["reason"]) == (verdict.kvm, verdict.reason)
+    # Another run trusts the cache: same verdict, no probe boot.
 
     async def no_probe(*_args: object) -> tuple[bool, str]:
         raise AssertionError("probed again despite the cached verdict")
 
-    monkeypatch.setattr(kvmprobe, "probe_boot", no_probe)
-    assert await QemuEngine().kvm_verdict(env) == (accel, reason)
+    assert await Accel(tmp_path, probe=no_probe).verdict(engine, env, binary) == verdict
 
 
 class _SlowQmpServer:

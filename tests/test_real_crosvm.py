@@ -28,7 +28,7 @@ import anyio
 import pytest
 
 from harness import app, environments
-from harness.engines.base import RestoreFrom, RunPaths
+from harness.engines.base import RestoreFrom, RunPaths, VmmSetup
 from harness.engines.crosvm import (
     PARSE_CHECK_EXPECTED,
     SNAPSHOT_ARCH_REASON,
@@ -133,7 +133,7 @@ def test_restore_command_line_and_snapshot_commands_pass_the_real_parser(tmp_pat
     overlay = anyio.run(create_overlay, base, work / "disk0.qcow2", backend="asyncio")
     argv = engine.command(x64, image, RunPaths(
         workdir=work, disks=(overlay,), disk_format="qcow2",
-        restore=RestoreFrom(tmp_path / "snapshot")))
+        restore=RestoreFrom(tmp_path / "snapshot")), VmmSetup(binary, "kvm"))
     result = subprocess.run(parse_check_argv(argv), capture_output=True, text=True,
                             check=False, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and PARSE_CHECK_EXPECTED in result.stderr, result.stderr

@@ -22,6 +22,7 @@ import xmlschema
 
 from harness import environments as envmod
 from harness import plan as planmod
+from harness.engines.base import BinaryLookup
 from harness.outputs import Terminal
 from harness.recorder import NOT_FINISHED, Recorder
 from harness.report import write_reports
@@ -39,11 +40,14 @@ LINE = re.compile(r"^\[\s*\d+/\d+\] (\S+)\s+\S+\s+(\S+) \(")
 
 
 class _Unavailable:
-    """An engine that says it cannot run here: every test finishes at once, as SKIP."""
+    """An engine that cannot run here (no binary): every test of an FYI environment
+    finishes at once, as SKIP."""
 
-    async def unavailable(self, env: object) -> str:
-        await anyio.sleep(0)
-        return "no engine here (test double)"
+    name = "qemu"
+    accelerators = ("tcg",)
+
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("no-vmm", None, "", "no engine here (test double)")
 
 
 class _DiskChecker(io.StringIO):

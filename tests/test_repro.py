@@ -7,6 +7,7 @@ One integration test really fails a test in a QEMU guest and re-runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import json
@@ -25,6 +26,7 @@ import pytest
 from harness import environments as envmod
 from harness import plan as planmod
 from harness.cli import main
+from harness.engines.base import BinaryLookup
 from harness.environments import Environment
 from harness.errors import ConfigError, HarnessError
 from harness.images.model import GuestImage
@@ -225,8 +227,14 @@ def test_harness_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 class _NoVmm:
     """An engine that is available but never asked to boot (the image fails first)."""
 
-    async def unavailable(self, env: object) -> None:
-        return None
+    name = "qemu"
+    accelerators = ("tcg",)
+
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("no-vmm", "/no-vmm", "test")
+
+    async def version(self, binary: str) -> str:
+        return ""
 
 
 def test_runner_writes_repro_sh_for_failed_tests(tmp_path: Path) -> None:
@@ -235,13 +243,16 @@ def test_runner_writes_repro_sh_for_failed_tests(tmp_path: Path) -> None:
                                                            "devices": "minimal"}}]}
                          for n in ("needs-image", "odd [name]")], "<test>")
     plan = planmod.make_plan(specs, envmod.load(None), planmod.Selection(env_names=(ENV,)))
+    # Blocking, so that an image that cannot be had fails the test (an FYI one would skip).
+    runs = [dataclasses.replace(r, environment=dataclasses.replace(r.environment, blocking=True))
+            for r in plan.runs]
 
     def no_image(env: Environment) -> GuestImage:
         raise HarnessError("no image here")
 
     out = tmp_path / "out"
     base = [*HERE, "run", "--tests", "/abs/tests.json"]
-    runner = Runner(plan.runs, {}, {"qemu": _NoVmm()}, RunOptions(  # type: ignore[dict-item]
+    runner = Runner(runs, {}, {"qemu": _NoVmm()}, RunOptions(  # type: ignore[dict-item]
         out_dir=out, repro_base=base, progress=False), image_for=no_image)
     run = anyio.run(runner.run, backend="asyncio")
     assert [r.status for r in run.results] == [Status.INFRA_FAIL, Status.INFRA_FAIL]

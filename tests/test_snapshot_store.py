@@ -27,7 +27,7 @@ from harness import app
 from harness import environments as envmod
 from harness import plan as planmod
 from harness.cli import build_parser
-from harness.engines.base import RestoreFrom, RunPaths
+from harness.engines.base import RestoreFrom, RunPaths, VmmSetup
 from harness.engines.crosvm import RUN_OPTIONS, SNAPSHOT_ARCH_REASON, CrosvmEngine
 from harness.engines.process import _group_running, kill_and_reap, start_vmm
 from harness.engines.qemu import qemu_command
@@ -281,7 +281,8 @@ def test_crosvm_restores_with_restore_before_the_kernel(tmp_path: Path) -> None:
     paths = paths_for(tmp_path, disks=1)
     restored = RunPaths(workdir=paths.workdir, disks=paths.disks,
                         restore=RestoreFrom(tmp_path / "snap" / "state"))
-    argv = CrosvmEngine(binary=str(DOUBLE)).command(crosvm_env(), image, restored)
+    argv = CrosvmEngine(binary=str(DOUBLE)).command(crosvm_env(), image, restored,
+                                                    VmmSetup(str(DOUBLE), "kvm"))
     assert "--restore" in RUN_OPTIONS
     assert option_values(argv, "--restore") == [str(tmp_path / "snap" / "state")]
     assert argv[-1] == str(image.crosvm_kernel)
@@ -410,16 +411,11 @@ class _FakeEngine:
 
     name = "qemu"
 
-    async def settle(self, env: object) -> None:
-        return None
-
     async def snapshot_unavailable(self, env: object) -> None:
         return None
 
-    async def vmm_identity(self, env: object) -> str:
-        return "fake 1.0"
-
-    def command(self, env: object, image: object, paths: RunPaths) -> list[str]:
+    def command(self, env: object, image: object, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         return ["fake-vmm", str(paths.workdir)]
 
 
@@ -429,7 +425,8 @@ async def test_a_cache_that_cannot_be_written_costs_restores_not_tests(tmp_path:
     said: list[str] = []
     booted: list[str] = []
 
-    def cold_guest(env: object, engine: object, image: object, folder: Path) -> object:
+    def cold_guest(env: object, engine: object, image: object, setup: VmmSetup,
+                   folder: Path) -> object:
         booted.append(folder.name)
         return object()
 
@@ -440,7 +437,7 @@ async def test_a_cache_that_cannot_be_written_costs_restores_not_tests(tmp_path:
     image = make_image(tmp_path, "x86_64")
     for n in range(2):
         await starter.new_guest(run, run.environment, _FakeEngine(), image,  # type: ignore
-                                tmp_path / f"t{n}")
+                                VmmSetup("fake-vmm", "tcg", "fake 1.0"), tmp_path / f"t{n}")
     await starter.close()
     assert booted == ["t0", "t1"]
     [line] = said  # once, however many tests

@@ -14,6 +14,7 @@ parse`) to the cases the live run reported.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import json
@@ -24,7 +25,6 @@ import shlex
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -36,9 +36,10 @@ import pytest
 from harness import environments
 from harness import suite as suite_api
 from harness.console import GuestCrashed
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths, Vmm
+from harness.engines.base import BinaryLookup, Engine, RunPaths, Vmm, VmmSetup
 from harness.engines.crosvm import CrosvmEngine
 from harness.environments import Environment
+from harness.exits import ExitInfo, ExitKind
 from harness.guest import Guest, GuestExited
 from harness.images.model import GuestImage
 from harness.parse_log import parse_log
@@ -89,6 +90,9 @@ class TranscriptVmm(Vmm):
         self.unexpected: list[str] = []
         self._rc: int | None = None
         self._stop = threading.Event()
+        # Set when the transcript 'exits' (from its thread, or stop/kill): what wait() awaits.
+        self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
         os.write(fd, launch.boot)
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -119,7 +123,8 @@ class TranscriptVmm(Vmm):
             step = steps.pop(0)
             os.write(self.fd, reply)
             if step.exit is not None:
-                time.sleep(0.1)  # let the console read the last words before the hangup
+                # What was written before the hangup stays readable after it (the pty
+                # keeps it for the master), so the console reads the last words first.
                 self._close(step.exit)
                 return b""
         return pending
@@ -139,10 +144,11 @@ class TranscriptVmm(Vmm):
             self._rc = rc
             self._stop.set()
             os.close(self.fd)
+            self._loop.call_soon_threadsafe(self._exited.set)
 
     async def wait(self) -> int:
-        while self._rc is None:
-            await anyio.sleep(0.01)
+        await self._exited.wait()
+        assert self._rc is not None
         return self._rc
 
     @property
@@ -160,21 +166,26 @@ class TranscriptVmm(Vmm):
 class TranscriptEngine(Engine):
     """An engine that launches Launches in turn; `name` picks whose reset rules Guest applies."""
 
+    accelerators = ("tcg",)  # a transcript: nothing to probe
+
     def __init__(self, name: str, launches: list[Launch]) -> None:
         self.name = name
         self.launches = list(launches)
         self.vmms: list[TranscriptVmm] = []
         self.sent: list[str] = []
         self._classify = CrosvmEngine() if name == "crosvm" else None
+        self.relaunches_on_reset = self._classify is not None and \
+            self._classify.relaunches_on_reset
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    def locate(self, arch: str) -> BinaryLookup:
+        return BinaryLookup("transcript-vmm", "transcript-vmm", "test")
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         return ["transcript-vmm", env.name]
 
-    async def unavailable(self, env: Environment) -> str | None:
-        return None
-
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> Vmm:
+                     setup: VmmSetup, console_fd: int) -> Vmm:
         assert self.launches, "the guest was launched more often than the transcript has boots"
         vmm = TranscriptVmm(os.dup(console_fd), self.launches.pop(0), self.sent)
         self.vmms.append(vmm)
@@ -224,7 +235,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         workdir = tmp_path / f"work{len(made)}"
         workdir.mkdir()
         guest = Guest(env, engine, image, folder / "serial.log", workdir=workdir,
-                      own_workdir=False)
+                      own_workdir=False, setup=VmmSetup("transcript-vmm", "tcg"))
         made.append(Rig(guest, engine, env, folder))
         with anyio.fail_after(10):
             await guest.start()

@@ -25,17 +25,20 @@ from typing import Any
 import anyio
 import pytest
 
-from harness import environments
+from harness import environments, inventory
 from harness.app import requirement_check
 from harness.console import CommandResult
+from harness.disks import DISK_PATTERN_OFFSET, make_disks
 from harness.engines import crosvm as crosvm_engine
-from harness.engines.base import Engine, ExitInfo, ExitKind, RunPaths
+from harness.engines.base import Engine, RunPaths
 from harness.engines.crosvm import CrosvmEngine
 from harness.engines.qemu import QemuEngine
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
+from harness.hostcpu import session_cpu_seconds
+from harness.hostnet import tap_address
 from harness.results import Status
-from harness.runner import DISK_PATTERN_OFFSET, make_disks
 from harness.spec import parse_specs
 from harness.suite import Skip, load_suite
 from harness.suite import TestContext as Context  # not "Test*": pytest would collect it
@@ -90,7 +93,10 @@ class FakeGuest:
         return result.output
 
     def expected_devices(self) -> frozenset[str]:
-        return frozenset(self.env.devices.devices) | self.engine.implicit_devices(self.env)
+        return frozenset(self.env.devices.devices) | self.implicit_devices()
+
+    def implicit_devices(self) -> frozenset[str]:
+        return self.engine.implicit_devices(self.env)
 
     async def balloon(self, size_bytes: int) -> None:
         self.balloon_calls.append(size_bytes)
@@ -135,7 +141,7 @@ def zircon_env(name: str) -> Environment:
     ("crosvm-x64-minimal-double", {"pvpanic", "rtc", "serial"}, 4),
 ])
 def test_parse_linux_captures(fixture: str, kinds: set[str], serial_ports: int) -> None:
-    inv = de.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
     assert inv.kinds() == kinds
     assert inv.count("serial") == serial_ports
     # Chipset functions are seen but never count as peripherals.
@@ -149,11 +155,11 @@ def test_parse_linux_captures(fixture: str, kinds: set[str], serial_ports: int) 
 
 
 def test_parse_linux_names_the_evidence() -> None:
-    x64 = de.parse_linux((LINUX_ENUM / "qemu-x64.txt").read_text())
+    x64 = inventory.parse_linux((LINUX_ENUM / "qemu-x64.txt").read_text())
     assert x64.evidence("pvpanic") == ["acpi QEMU0001:00 (ISA pvpanic)"]
     assert x64.evidence("rtc") == ["rtc rtc0 rtc_cmos 00:04"]
     assert "tty ttyS1 16550A at 000002F8" in x64.evidence("serial")
-    arm = de.parse_linux((LINUX_ENUM / "qemu-arm64.txt").read_text())
+    arm = inventory.parse_linux((LINUX_ENUM / "qemu-arm64.txt").read_text())
     assert arm.evidence("pvpanic") == ["pci 0000:00:06.0 [1b36:0011] class 088000"]
     assert arm.evidence("serial") == ["tty ttyAMA0 PL011 at 0x09000000"]
     assert arm.evidence("rtc") == ["rtc rtc0 rtc-pl031 9010000.pl031"]
@@ -165,7 +171,7 @@ def test_parse_linux_ignores_console_noise_and_ports_without_hardware() -> None:
             "/sys/bus/pci/devices/0000:00:09.0/vendor:0x1af4\r\n"  # no device id: not judged
             "/sys/bus/virtio/devices/virtio0/device:0x0002\r\n"
             "garbage /sys/bus/virtio/devices/virtio9/device:0x0001\n")
-    inv = de.parse_linux(text)
+    inv = inventory.parse_linux(text)
     assert inv.kinds() == {"virtio-blk"}
     assert inv.count("serial") == 0
 
@@ -185,7 +191,7 @@ def test_parse_linux_ignores_console_noise_and_ports_without_hardware() -> None:
     (0x1234, 0x1111, 0x030000, "pci-1234:1111", False),
 ])
 def test_classify_pci(vendor: int, device: int, klass: int, kind: str, chipset: bool) -> None:
-    assert de.classify_pci(vendor, device, klass) == (kind, chipset)
+    assert inventory.classify_pci(vendor, device, klass) == (kind, chipset)
 
 
 # -- device_enumeration: judging -----------------------------------------------------------
@@ -202,7 +208,7 @@ def expected_for(env_name: str) -> frozenset[str]:
     ("crosvm-arm64", "crosvm-arm64-double"), ("crosvm-x64-minimal", "crosvm-x64-minimal-double"),
 ])
 def test_every_capture_satisfies_its_environment(env_name: str, fixture: str) -> None:
-    inv = de.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / f"{fixture}.txt").read_text())
     env = ENVS.get(env_name)
     verdicts, unexpected = de.judge(inv, expected_for(env_name), env.devices.absent)
     assert [v.name for v in verdicts if not v.ok] == []
@@ -214,7 +220,7 @@ def test_every_capture_satisfies_its_environment(env_name: str, fixture: str) ->
 
 def test_devices_the_minimal_config_forbids_fail() -> None:
     # What a crosvm run without --no-rng/--no-balloon/--no-usb would show.
-    inv = de.parse_linux((LINUX_ENUM / "qemu-x64.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / "qemu-x64.txt").read_text())
     env = ENVS.get("crosvm-x64-minimal")
     verdicts, unexpected = de.judge(inv, expected_for("crosvm-x64-minimal"), env.devices.absent)
     bad = {v.name: v.message for v in verdicts if not v.ok}
@@ -224,7 +230,7 @@ def test_devices_the_minimal_config_forbids_fail() -> None:
 
 
 def test_missing_devices_fail_with_what_was_seen() -> None:
-    inv = de.parse_linux((LINUX_ENUM / "qemu-x64-minimal.txt").read_text())
+    inv = inventory.parse_linux((LINUX_ENUM / "qemu-x64-minimal.txt").read_text())
     verdicts, _ = de.judge(inv, expected_for("qemu-x64"), ())
     bad = {v.name: v.message for v in verdicts if not v.ok}
     assert set(bad) == {f"present.{k}" for k in FULL - {"pvpanic", "rtc", "serial"}}
@@ -236,7 +242,7 @@ def test_unconfigured_devices_are_reported_not_failed() -> None:
         "/sys/bus/pci/devices/0000:00:05.0/vendor:0x1af4\n"
         "/sys/bus/pci/devices/0000:00:05.0/device:0x1053\n"
         "/sys/bus/pci/devices/0000:00:05.0/class:0x078000\n")
-    inv = de.parse_linux(text)
+    inv = inventory.parse_linux(text)
     verdicts, unexpected = de.judge(inv, {"pvpanic", "rtc", "serial"}, ("virtio-rng",))
     assert all(v.ok for v in verdicts)
     assert unexpected == ["virtio-vsock"]
@@ -246,25 +252,25 @@ def test_unconfigured_devices_are_reported_not_failed() -> None:
 
 
 def test_zircon_lspci_and_driver_list() -> None:
-    x64 = de.parse_zircon_transcript((ZIRCON_ENUM / "qemu-x64-full.txt").read_text())
+    x64 = inventory.parse_zircon_transcript((ZIRCON_ENUM / "qemu-x64-full.txt").read_text())
     # The ISA pvpanic is on no bus a Zircon tool lists.
     assert x64.kinds() == FULL - {"pvpanic"}
     assert "driver xhci" in x64.evidence("xhci") and "pci 00:06.0 [1b36:000d] class 0c03" in \
         x64.evidence("xhci")
     assert x64.evidence("rtc") == ["driver intel-rtc"]
-    arm = de.parse_zircon_transcript((ZIRCON_ENUM / "qemu-arm64-full.txt").read_text())
+    arm = inventory.parse_zircon_transcript((ZIRCON_ENUM / "qemu-arm64-full.txt").read_text())
     assert arm.kinds() == FULL
     assert arm.evidence("serial") == ["console the console these commands ran on"]
     assert "pl031-rtc" in arm.drivers and "virtio_rng" in arm.drivers
     assert len(arm.drivers) == 7  # the kernel log line naming virtio_rng is not a driver entry
-    minimal = de.parse_zircon_transcript((ZIRCON_ENUM / "qemu-x64-minimal.txt").read_text())
+    minimal = inventory.parse_zircon_transcript((ZIRCON_ENUM / "qemu-x64-minimal.txt").read_text())
     assert minimal.kinds() == {"rtc", "serial"}
     assert sum(d.chipset for d in minimal.devices) == 4
 
 
 def test_zircon_without_console_evidence_has_no_serial_from_lspci_alone() -> None:
-    sections = de.split_transcript((ZIRCON_ENUM / "qemu-arm64-full.txt").read_text())
-    inv = de.parse_zircon(sections["lspci -n"], console=False)
+    sections = inventory.split_transcript((ZIRCON_ENUM / "qemu-arm64-full.txt").read_text())
+    inv = inventory.parse_zircon(sections["lspci -n"], console=False)
     assert "serial" not in inv.kinds() and "rtc" not in inv.kinds()
 
 
@@ -273,7 +279,7 @@ async def test_devices_suite_passes_on_a_capture(tmp_path: Path) -> None:
     g = FakeGuest(ENVS.get("qemu-arm64"), lambda cmd: (2, text))  # grep's status is ignored
     t = ctx(g, tmp_path)
     await de.test_devices(t)
-    assert g.commands == [de.LINUX_COMMAND]
+    assert g.commands == [inventory.LINUX_COMMAND]
     assert cases(t) == {f"present.{k}": Status.PASS for k in FULL}
     assert (tmp_path / "enumeration.txt").read_text() == text
     assert t.properties["count.serial"] == "1/2"
@@ -288,13 +294,13 @@ async def test_devices_suite_fails_forbidden_devices(tmp_path: Path) -> None:
 
 
 async def test_devices_suite_on_zircon(tmp_path: Path) -> None:
-    sections = de.split_transcript((ZIRCON_ENUM / "qemu-x64-full.txt").read_text())
+    sections = inventory.split_transcript((ZIRCON_ENUM / "qemu-x64-full.txt").read_text())
     g = FakeGuest(zircon_env("qemu-x64"), lambda cmd: sections[cmd])
     t = ctx(g, tmp_path)
     await de.test_devices(t)
     assert g.commands == ["lspci -n", "driver list --loaded", "driver list-devices --verbose"]
     assert failed(t) == {"present.pvpanic"}
-    saved = de.parse_zircon_transcript((tmp_path / "enumeration.txt").read_text())
+    saved = inventory.parse_zircon_transcript((tmp_path / "enumeration.txt").read_text())
     assert saved.kinds() == FULL - {"pvpanic"}
 
 
@@ -342,8 +348,8 @@ def test_lease_and_static_addresses() -> None:
     assert str(pe.static_peer(ipaddress.IPv4Interface("10.1.1.254/24"))) == "10.1.1.253/24"
     with pytest.raises(ValueError, match="no room"):
         pe.static_peer(ipaddress.IPv4Interface("10.9.9.9/32"))
-    assert pe.tap_address("lo") == ipaddress.IPv4Interface("127.0.0.1/8")
-    assert pe.tap_address("harness-no-such-if") is None
+    assert tap_address("lo") == ipaddress.IPv4Interface("127.0.0.1/8")
+    assert tap_address("harness-no-such-if") is None
 
 
 def test_block_output_parsers() -> None:
@@ -393,11 +399,11 @@ def test_session_cpu_seconds_sums_the_whole_session(tmp_path: Path) -> None:
     stat(101, "qemu", 100, (3 * tick, tick, tick, 0))  # cutime: a reaped child
     stat(200, "other", 200, (50 * tick, 0, 0, 0))
     (tmp_path / "self").mkdir()
-    assert pe.session_cpu_seconds(100, tmp_path) == pytest.approx(7.0)
-    assert pe.session_cpu_seconds(999, tmp_path) == 0.0
+    assert session_cpu_seconds(100, tmp_path) == pytest.approx(7.0)
+    assert session_cpu_seconds(999, tmp_path) == 0.0
     # This process's own session, on the real /proc: at least what it has used itself.
     spent = sum(os.times()[:2])
-    assert pe.session_cpu_seconds(os.getsid(0)) >= spent - 0.05
+    assert session_cpu_seconds(os.getsid(0)) >= spent - 0.05
 
 
 async def test_poll_returns_at_once_or_at_the_deadline() -> None:
@@ -540,7 +546,7 @@ async def test_network_without_a_lease_fails_and_stops(tmp_path: Path) -> None:
 async def test_network_on_an_unaddressed_tap_is_skipped_with_how_to_fix(tmp_path: Path) -> None:
     env = ENVS.get("crosvm-x64")
     tap = env.tap
-    assert pe.tap_address(tap) is None  # the TAP crosvm creates has no address
+    assert tap_address(tap) is None  # the TAP crosvm creates has no address
     t = ctx(FakeGuest(env, network_guest()), tmp_path)
     with pytest.raises(Skip, match=f"TAP '{tap}' has no IPv4 address.*ip addr add"):
         await pe.test_network(t)

@@ -361,7 +361,7 @@ def finished(tmp_path: Path, serial: str, stderr: str = "", status: Status = FAI
 def test_synthetic_test_in_junit_and_summary(tmp_path: Path) -> None:
     owner = finished(tmp_path, "[00010.0] 00000:00000> ZIRCON KERNEL PANIC\r\n"
                                "==1==ERROR: AddressSanitizer: x\r\n")
-    found = tc.synthetic_results(owner, tmp_path, "zircon")
+    found = tc.synthetic_results(owner, tmp_path, scan_serial=True)
     assert len(found) == 1
     s = found[0]
     assert s.test == ("testing_failure_mode/string_in_log/serial_log.txt/ERROR:_AddressSanitizer/"
@@ -393,15 +393,16 @@ def test_excused_assert_and_flake_and_linux(tmp_path: Path) -> None:
              "[00012.1] 01100:01101> ASSERT FAILED at (x.cc:3): false\r\n"
              "[       OK ] ZxAssertCppTest.ZxAssertInvalidPredicateFails (3 ms)\r\n")
     assert tc.synthetic_results(finished(tmp_path / "a", death, status=PASS), tmp_path / "a",
-                                "zircon") == []
+                                scan_serial=True) == []
     flaky = tc.synthetic_results(finished(tmp_path / "b", "Package node removal hanging\n",
-                                          status=PASS), tmp_path / "b", "zircon")
+                                          status=PASS), tmp_path / "b",
+                                 scan_serial=True)
     assert [(r.flaky, [a.status for a in r.attempts]) for r in flaky] == [(True, [FAIL, PASS])]
     assert RunResult(results=flaky, out_dir=tmp_path).blocking_failed is False
     # A Linux guest: Fuchsia's strings on its console mean nothing; its VMM's stderr counts.
     linux = finished(tmp_path / "c", "ZIRCON KERNEL PANIC\n",
                      stderr="KVM internal error. Suberror: 1\n")
-    (found,) = tc.synthetic_results(linux, tmp_path / "c", "linux")
+    (found,) = tc.synthetic_results(linux, tmp_path / "c", scan_serial=False)
     assert found.test == ("testing_failure_mode/string_in_log/infra_and_test_std_and_klog.txt/"
                           "KVM_internal_error._Suberror/core-tests")
     assert found.final.message == "KVM internal error. Suberror: 1"

@@ -36,11 +36,12 @@ from test_suites_offline import (
 )
 from test_suites_offline_b import FakeGuest
 
-from harness import parsers
+from harness import inventory, parsers
 from harness.app import make_engines, requirement_check
-from harness.engines.base import ExitKind, RunPaths
+from harness.engines.base import RunPaths, VmmSetup
 from harness.environments import Environment
 from harness.errors import ConfigError
+from harness.exits import ExitKind
 from harness.fuchsia import serialtester
 from harness.fuchsia.serialtester import SerialTester, command_for_test, parse_out_kernel
 from harness.guest import Guest
@@ -102,7 +103,7 @@ class DelayedVmm(TranscriptVmm):
 
 class DelayedEngine(TranscriptEngine):
     async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
-                     console_fd: int) -> DelayedVmm:
+                     setup: VmmSetup, console_fd: int) -> DelayedVmm:
         assert self.launches, "the guest was launched more often than the transcript has boots"
         vmm = DelayedVmm(os.dup(console_fd), self.launches.pop(0), self.sent)
         self.vmms.append(vmm)
@@ -131,7 +132,7 @@ async def zircon_guest(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         folder, workdir = tmp_path / f"test{n}", tmp_path / f"work{n}"
         workdir.mkdir()
         guest = Guest(env, engine, image(env), folder / "serial.log", workdir=workdir,
-                      own_workdir=False)
+                      own_workdir=False, setup=VmmSetup("transcript-vmm", "tcg"))
         made.append(Zircon(guest, engine, env, folder))
         with anyio.fail_after(10):
             await guest.start()
@@ -672,7 +673,7 @@ async def test_shutdown_failures(zircon_guest: Any) -> None:
 
 
 def nodes_of(name: str) -> str:
-    return de.split_transcript((ENUM / name).read_text())[de.ZIRCON_NODES]
+    return inventory.split_transcript((ENUM / name).read_text())[inventory.ZIRCON_NODES]
 
 
 def test_boards_come_from_the_machine() -> None:
@@ -687,20 +688,20 @@ def test_boards_come_from_the_machine() -> None:
     ("qemu-arm64-full.txt", "qemu-arm64"), ("crosvm-x64-nodes.txt", "crosvm-x64"),
 ])
 def test_node_lists_hold_on_their_transcripts(transcript: str, board: str) -> None:
-    nodes = de.parse_zircon_nodes(nodes_of(transcript))
+    nodes = inventory.parse_zircon_nodes(nodes_of(transcript))
     verdicts, unexpected = de.judge_zircon_nodes(nodes, de.ZIRCON_BOARD_NODES[board])
     assert all(v.ok for v in verdicts), verdicts
     assert unexpected and not set(unexpected) & set(de.ZIRCON_BOARD_NODES[board])
 
 
 def test_node_parser_reads_list_devices_verbose() -> None:
-    nodes = de.parse_zircon_nodes(nodes_of("qemu-arm64-full.txt"))
+    nodes = inventory.parse_zircon_nodes(nodes_of("qemu-arm64-full.txt"))
     assert nodes.monikers == {"qemu-bus", "pl031", "pl031.rtc", "pci", "pci.00_00_0_",
                               "pci.00_01_0_", "pci.00_07_0_"}
 
 
 async def test_devices_suite_on_zircon_checks_the_board_nodes(tmp_path: Path) -> None:
-    sections = de.split_transcript((ENUM / "qemu-x64-full.txt").read_text())
+    sections = inventory.split_transcript((ENUM / "qemu-x64-full.txt").read_text())
     t = Context(guest=FakeGuest(zenv(), lambda cmd: sections[cmd]), env=zenv(), spec=None,
                     folder=tmp_path, params={})
     await de.test_devices(t)
@@ -708,19 +709,19 @@ async def test_devices_suite_on_zircon_checks_the_board_nodes(tmp_path: Path) ->
     assert nodes == {"acpi": Status.PASS, "PCI0.bus.00_1f_2.00_1f_2.ahci": Status.PASS}
     assert t.properties["zircon_board"] == "qemu-x64"
     assert any("unexpected node(s)" in n and "sysmem" in n for n in t.notes)
-    saved = de.split_transcript((tmp_path / "enumeration.txt").read_text())
-    assert de.parse_zircon_nodes(saved[de.ZIRCON_NODES]).monikers == \
-        de.parse_zircon_nodes(sections[de.ZIRCON_NODES]).monikers
+    saved = inventory.split_transcript((tmp_path / "enumeration.txt").read_text())
+    assert inventory.parse_zircon_nodes(saved[inventory.ZIRCON_NODES]).monikers == \
+        inventory.parse_zircon_nodes(sections[inventory.ZIRCON_NODES]).monikers
 
 
 async def test_devices_suite_fails_a_missing_or_quarantined_node(tmp_path: Path) -> None:
-    sections = de.split_transcript((ENUM / "qemu-x64-full.txt").read_text())
+    sections = inventory.split_transcript((ENUM / "qemu-x64-full.txt").read_text())
     ahci = "Moniker  : PCI0.bus.00_1f_2.00_1f_2.ahci\nDriver   : None\n"
-    nodes = sections[de.ZIRCON_NODES]
+    nodes = sections[inventory.ZIRCON_NODES]
     assert "Moniker  : acpi\n" in nodes and ahci in nodes
     nodes = nodes.replace("Moniker  : acpi\n", "Moniker  : acpi-renamed\n").replace(
         ahci, ahci.replace("None", "fuchsia-boot:///ahci#meta/ahci.cm (quarantined)"))
-    answers = {**sections, de.ZIRCON_NODES: nodes}
+    answers = {**sections, inventory.ZIRCON_NODES: nodes}
     t = Context(guest=FakeGuest(zenv(), lambda cmd: answers[cmd]), env=zenv(), spec=None,
                     folder=tmp_path, params={})
     await de.test_devices(t)
@@ -734,7 +735,7 @@ async def test_devices_suite_fails_a_missing_or_quarantined_node(tmp_path: Path)
 
 
 async def test_devices_suite_on_crosvm_arm64_has_no_node_list(tmp_path: Path) -> None:
-    sections = de.split_transcript((ENUM / "qemu-arm64-full.txt").read_text())
+    sections = inventory.split_transcript((ENUM / "qemu-arm64-full.txt").read_text())
     env = zenv("crosvm-arm64")
     t = Context(guest=FakeGuest(env, lambda cmd: sections[cmd]), env=env, spec=None,
                     folder=tmp_path, params={})

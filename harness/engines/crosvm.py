@@ -35,21 +35,21 @@ import anyio
 from anyio.abc import Process
 
 from harness.engines.base import (
+    BinaryLookup,
     Engine,
-    ExitInfo,
-    ExitKind,
     RestoreFrom,
     RunPaths,
     Vmm,
+    VmmSetup,
     kernel_args,
+    kvm_access_problem,
 )
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError, Unsupported
+from harness.exits import ExitInfo, ExitKind
 from harness.expected_devices import platform
-from harness.images import cache_dir
 from harness.images.model import GuestImage
-from harness.kvmprobe import probe_boot
 from harness.profiles.base import clean_text
 
 BINARY_ENV = "HARNESS_CROSVM"
@@ -83,7 +83,6 @@ DEPRECATED_RUN_OPTIONS = frozenset({
 CONSOLE_SERIAL = "type=stdout,hardware=serial,num=1,console,earlycon,stdin"
 
 CONTROL_TIMEOUT_S = 10.0
-PROBE_CACHE_FILE = "crosvm-kvm-verdict.json"
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -152,22 +151,16 @@ SNAPSHOT_ARCH_REASON = ("crosvm snapshots are experimental and exercised upstrea
                         "only (its e2e suspend/snapshot/restore test does not run on aarch64: "
                         "tools/impl/test_config.py DO_NOT_RUN_AARCH64)")
 
-@dataclasses.dataclass(frozen=True)
-class BinaryLookup:
-    """Where the crosvm binary comes from, and what is wrong with it if anything."""
-
-    path: str | None
-    source: str  # "argument", "HARNESS_CROSVM", "PATH" or "" (not found)
-    problem: str | None = None
+PROGRAM = "crosvm"
 
 
 def _check_executable(path: str, source: str) -> BinaryLookup:
     where = f"{BINARY_ENV}={path}" if source == BINARY_ENV else path
     if not os.path.exists(path):
-        return BinaryLookup(path, source, f"{where}: no such file")
+        return BinaryLookup(PROGRAM, path, source, f"{where}: no such file")
     if os.path.isdir(path) or not os.access(path, os.X_OK):
-        return BinaryLookup(path, source, f"{where}: not an executable file")
-    return BinaryLookup(os.path.abspath(path), source)
+        return BinaryLookup(PROGRAM, path, source, f"{where}: not an executable file")
+    return BinaryLookup(PROGRAM, os.path.abspath(path), source)
 
 
 def find_binary(explicit: str | None = None,
@@ -179,10 +172,10 @@ def find_binary(explicit: str | None = None,
     configured = environ.get(BINARY_ENV)
     if configured:
         return _check_executable(configured, BINARY_ENV)
-    found = shutil.which("crosvm", path=environ.get("PATH"))
+    found = shutil.which(PROGRAM, path=environ.get("PATH"))
     if found:
-        return BinaryLookup(os.path.abspath(found), "PATH")
-    return BinaryLookup(None, "", NO_BINARY)
+        return BinaryLookup(PROGRAM, os.path.abspath(found), "PATH")
+    return BinaryLookup(PROGRAM, None, "", NO_BINARY)
 
 
 def _keyvalue(value: str) -> str:
@@ -219,13 +212,12 @@ def _tun_problem(tap: str) -> str | None:
 
 
 def device_unavailable(env: Environment, device: str) -> str | None:
-    """Why a test that needs `device` cannot run on `env` here (None: it can).
+    """Why a test that needs `device` cannot run on crosvm environment `env` here (None: it
+    can).
 
     A per-test reason rather than a whole-environment one: a missing TAP only
     costs the network tests, never the reboot or core tests of the same guest.
     """
-    if env.engine != "crosvm":
-        return None
     if device == "virtio-net":
         if not env.devices.has("virtio-net"):
             return f"device config '{env.devices.name}' has no virtio-net"
@@ -240,17 +232,6 @@ def device_unavailable(env: Environment, device: str) -> str | None:
             os.close(os.open("/dev/vhost-vsock", os.O_RDWR | os.O_CLOEXEC))
         except OSError as e:
             return f"virtio-vsock on crosvm needs /dev/vhost-vsock: {e.strerror}"
-    return None
-
-
-def _kvm_problem() -> str | None:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-    except FileNotFoundError:
-        return "no /dev/kvm: crosvm needs KVM (no virtualisation on this machine, or the " \
-               "kvm module is not loaded)"
-    except OSError as e:
-        return f"cannot open /dev/kvm ({e.strerror}): crosvm needs read-write access to KVM"
     return None
 
 
@@ -462,52 +443,48 @@ class CrosvmVmm(ProcessVmm, Vmm):
 
 class CrosvmEngine(Engine):
     name = "crosvm"
+    accelerators = ("kvm",)  # crosvm has no TCG
+    relaunches_on_reset = True  # it exits 32 on a guest reset (src/main.rs)
+    adds_console_argument = True  # console=ttyS0 for the serial marked `console`
 
     def __init__(self, binary: str | None = None, *, log_level: str = "info",
                  control_timeout_s: float = CONTROL_TIMEOUT_S) -> None:
-        """`binary` None: $HARNESS_CROSVM, then PATH, looked up on first use.
+        """`binary` None: $HARNESS_CROSVM, then PATH, looked up when asked (`locate`).
 
         `log_level` is crosvm's; its log goes to the VMM stderr log, never the console.
         """
         self._explicit = binary
-        self._binary: str | None = None
         self.log_level = log_level
         self.control_timeout_s = control_timeout_s
-        self._verdicts: dict[str, tuple[bool, str]] = {}
         self._versions: dict[str, str] = {}
         self._snapshot_support: dict[str, str | None] = {}
-        self._probe_lock = anyio.Lock()
 
     # -- binary ------------------------------------------------------------------------------
 
-    def lookup(self) -> BinaryLookup:
+    def locate(self, arch: str) -> BinaryLookup:
+        """The constructor's binary, then $HARNESS_CROSVM, then PATH (one for every arch)."""
+        del arch
         return find_binary(self._explicit)
-
-    @property
-    def binary(self) -> str:
-        """The crosvm path put in argv[0]; "crosvm" when none is found (launch then fails)."""
-        if self._binary is None:
-            found = self.lookup()
-            if found.path is None:
-                return "crosvm"
-            self._binary = found.path
-        return self._binary
 
     # -- argv ------------------------------------------------------------------------------
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
+    def check_image(self, env: Environment, image: GuestImage) -> None:
+        """crosvm loads an ELF, a raw arm64 Image or an LZ4-framed one, never a gzip Image."""
+        _refuse_gzip(image.crosvm_kernel, env.arch)
+
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
         """`crosvm GLOBAL... run OPTIONS... KERNEL`, a pure function of its inputs."""
         kernel = image.crosvm_kernel
-        _refuse_gzip(kernel, env.arch)
         dev = env.devices
-        argv = [self.binary, "--extended-status", "--log-level", self.log_level, "--no-syslog",
+        argv = [setup.binary, "--extended-status", "--log-level", self.log_level, "--no-syslog",
                 "run",
                 "--cpus", f"num-cores={env.cpus}",
                 "--mem", f"size={env.memory_mib}",
                 "--serial", CONSOLE_SERIAL]
         if image.initrd is not None:  # for Zircon this is the ZBI
             argv += ["--initrd", str(image.initrd)]
-        params = kernel_args(env)
+        params = kernel_args(env, vmm_adds_console=self.adds_console_argument)
         if params:
             argv += ["--params", " ".join(params)]
         argv += ["--socket", str(paths.control_socket)]
@@ -549,10 +526,9 @@ class CrosvmEngine(Engine):
 
     # -- launch ----------------------------------------------------------------------------
 
-    async def launch(
-        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
-    ) -> CrosvmVmm:
-        argv = self.command(env, image, paths)
+    async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
+                     setup: VmmSetup, console_fd: int) -> CrosvmVmm:
+        argv = self.command(env, image, paths, setup)
         # crosvm removes its socket only on an orderly exit; a stale one (from a crosvm
         # that was killed) makes the next start fail with "Address already in use".
         with contextlib.suppress(FileNotFoundError):
@@ -560,21 +536,6 @@ class CrosvmEngine(Engine):
         process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
         return CrosvmVmm(process, binary=argv[0], socket=paths.control_socket,
                          control_timeout_s=self.control_timeout_s, stderr_log=paths.stderr_log)
-
-    # -- availability ----------------------------------------------------------------------
-
-    async def unavailable(self, env: Environment) -> str | None:
-        found = self.lookup()
-        if found.problem is not None:
-            return found.problem
-        await self.version()  # recorded with every result of this binary (vmm_version)
-        kvm = _kvm_problem()
-        if kvm is not None:
-            return kvm
-        ok, reason = await self.kvm_verdict(env)
-        if not ok:
-            return f"crosvm cannot boot a guest here: {reason}"
-        return None
 
     def device_unavailable(self, env: Environment, device: str) -> str | None:
         return device_unavailable(env, device)
@@ -587,7 +548,7 @@ class CrosvmEngine(Engine):
         and `run --restore` (a probe of the binary, once per binary)."""
         if env.arch not in SNAPSHOT_ARCHES:
             return SNAPSHOT_ARCH_REASON
-        found = self.lookup()
+        found = self.locate(env.arch)
         if found.path is None:
             return found.problem or NO_BINARY
         key = self._binary_key(found.path)
@@ -604,107 +565,15 @@ class CrosvmEngine(Engine):
             self._snapshot_support[key] = problem
         return self._snapshot_support[key]
 
-    async def vmm_identity(self, env: Environment) -> str:
-        """`crosvm version` and the binary (path, size, mtime): crosvm's snapshot format is
-        not stable (docs/book/src/architecture/snapshotting.md), so any other binary is
-        another format."""
-        del env
-        found = self.lookup()
-        if found.path is None:
-            return ""
-        version = await self.version() or ""
-        return f"{version} ({self._binary_key(found.path)})"
-
-    def _verdict_key(self, env: Environment) -> str | None:
-        """Per (binary path, size, mtime): a rebuilt or replaced crosvm is probed again.
-
-        The arch is in the key because one binary boots only its host's arch under KVM
-        (the probe, not a guess, says so), and the probe image is, because a probe that
-        fails on an image that cannot boot must not condemn crosvm for the other images.
-        """
-        found = self.lookup()
-        if found.path is None:
-            return None
-        st = os.stat(found.path)
-        image = env.image.name if env.image.embedded else str(env.image.kernel)
-        return f"{found.path}|{st.st_size}|{st.st_mtime_ns}|{env.arch}|{image}"
-
-    def _verdict_file(self) -> Path:
-        return cache_dir() / PROBE_CACHE_FILE
-
-    def cached_verdict(self, env: Environment) -> tuple[bool, str] | None:
-        key = self._verdict_key(env)
-        if key is None:
-            return None
-        if key in self._verdicts:
-            return self._verdicts[key]
-        try:
-            entry = json.loads(self._verdict_file().read_text())[key]
-            verdict = (bool(entry["ok"]), str(entry["reason"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        self._verdicts[key] = verdict
-        return verdict
-
-    def store_verdict(self, env: Environment, ok: bool, reason: str) -> None:
-        """Record whether crosvm boots `env`'s arch here (also how a person overrides a probe)."""
-        key = self._verdict_key(env)
-        if key is None:
-            return
-        verdict = (ok, reason)
-        self._verdicts[key] = verdict
-        path = self._verdict_file()
-        with contextlib.suppress(OSError):  # a read-only cache costs a probe per run, no more
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                data = json.loads(path.read_text())
-                if not isinstance(data, dict):
-                    data = {}
-            except (OSError, ValueError):
-                data = {}
-            data[key] = {"ok": verdict[0], "reason": verdict[1]}
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, path)
-
-    async def kvm_verdict(self, env: Environment) -> tuple[bool, str]:
-        """Whether crosvm really boots `env`'s guest here: a probe boot, once, then cached.
-
-        /dev/kvm opening proves nothing (a nested paravirtual KVM opens and then fails
-        every real guest), so the verdict is a boot to the profile's marker with crosvm
-        itself, under a short deadline.
-        """
-        async with self._probe_lock:  # concurrent environments share one probe
-            cached = self.cached_verdict(env)
-            if cached is not None:
-                return cached
-            if self._verdict_key(env) is None:
-                return False, NO_BINARY
-            try:
-                ok, reason = await probe_boot(self, env)
-            except HarnessError as e:  # e.g. an image crosvm cannot load: no boot, no verdict
-                return False, f"probe boot impossible: {e}"
-            self.store_verdict(env, ok, reason)
-            return ok, reason
-
     # -- version and the parser check ------------------------------------------------------
 
-    async def version(self) -> str | None:
-        """`crosvm version`'s answer for the binary in use, asked once per binary."""
-        found = self.lookup()
-        if found.path is None:
-            return None
-        key = self._binary_key(found.path)
+    async def version(self, binary: str) -> str:
+        """`crosvm version`'s answer for `binary`, asked once per binary (path, size, mtime)."""
+        key = self._binary_key(binary)
         if key not in self._versions:
-            rc, out, err = await _run_quiet([found.path, "version"])
+            rc, out, err = await _run_quiet([binary, "version"])
             self._versions[key] = (out.strip() or err.strip()) if rc == 0 else ""
-        return self._versions[key] or None
-
-    def vmm_version(self, env: Environment) -> str:
-        """The version of the crosvm `env` runs with, as results record it ("" unknown)."""
-        del env  # one binary for every environment
-        found = self.lookup()
-        return self._versions.get(self._binary_key(found.path), "") if found.path else ""
+        return self._versions[key]
 
     @staticmethod
     def _binary_key(path: str) -> str:
@@ -729,26 +598,27 @@ class CrosvmEngine(Engine):
 
     async def doctor(self, env_set: Iterable[Environment],
                      argvs: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-        """What a person needs to see to know why crosvm environments run or are skipped.
+        """What a person needs to see to know why crosvm environments run or are skipped:
+        the binary, its version, whether it knows every option the harness passes, and
+        whether /dev/kvm opens (each environment's verdict is harness doctor's, from
+        harness.accel). (Any: a JSON report.)
 
         `argvs`: each environment's command line as `harness plan` prints it; each is put
         through `parse_check` by the binary found (the parser check).
         """
-        found = self.lookup()
+        found = self.locate("")
         report: dict[str, Any] = {
             "binary": found.path, "source": found.source or None, "problem": found.problem,
-            "version": None, "options": {}, "missing_options": [], "kvm": _kvm_problem() or "ok",
-            "environments": {},
+            "version": None, "options": {}, "missing_options": [],
+            "kvm": kvm_access_problem() or "ok",
         }
-        envs = [e for e in env_set if e.engine == "crosvm"]
+        envs = [e for e in env_set if e.engine == self.name]
         if found.problem is not None:
-            for env in envs:
-                report["environments"][env.name] = found.problem
             if argvs:
                 report["parse_check"] = {name: f"not run: {found.problem}" for name in argvs}
             return report
         assert found.path is not None
-        report["version"] = await self.version()
+        report["version"] = await self.version(found.path) or None
         helps = {}
         for where, args in (("global", ["--help"]), ("run", ["run", "--help"])):
             rc, out, err = await _run_quiet([found.path, *args])
@@ -758,7 +628,8 @@ class CrosvmEngine(Engine):
                     f"`crosvm {' '.join(args)}` failed with status {rc}")
         options: dict[str, bool] = {}
         for env in envs:
-            argv = self.command(env, _placeholder_image(env), RunPaths(Path("/x")))
+            argv = self.command(env, _placeholder_image(env), RunPaths(Path("/x")),
+                                VmmSetup(found.path, "kvm"))
             global_opts, run_opts = split_options(argv)
             options |= {o: _mentions(helps["global"], o) for o in global_opts}
             options |= {o: _mentions(helps["run"], o) for o in run_opts}
@@ -770,8 +641,6 @@ class CrosvmEngine(Engine):
                 result = await self.parse_check([found.path, *argv[1:]])
                 checks[name] = result.describe()
             report["parse_check"] = checks
-        for env in envs:
-            report["environments"][env.name] = await self.unavailable(env) or "ok"
         return report
 
 

@@ -70,7 +70,7 @@ async def kill_and_reap(process: Process, *, grace_s: float = 0.0) -> int:
         # The leader is reaped; children it left in the group get the same end.
         signal_group(process.pid, signal.SIGKILL)
         await _group_gone(process.pid)
-        return rc
+    return rc
 
 
 GROUP_EXIT_WAIT_S = 2.0

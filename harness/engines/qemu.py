@@ -1,5 +1,7 @@
 """QEMU: argv built by a pure function, KVM only where a probe boot proved it, control over QMP.
 
+The accelerator comes in decided (harness.accel owns the KVM verdict and its probe).
+
 The console is QEMU's stdio chardev on a pty the harness created before the
 process started, so the first byte of boot output is already captured (the
 same effect as labgrid's `-S` + `cont`, with one mechanism for both engines).
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import platform
@@ -22,20 +23,23 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.abc import Process
 from qemu.qmp import EventListener, QMPClient
 
 from harness.engines.base import (
+    BinaryLookup,
     Engine,
-    ExitInfo,
-    ExitKind,
     RestoreFrom,
     RunPaths,
     Vmm,
+    VmmSetup,
     kernel_args,
+    kvm_access_problem,
 )
 from harness.engines.process import ProcessVmm, describe_returncode, kill_and_reap, start_vmm
 from harness.environments import Environment
 from harness.errors import HarnessError
+from harness.exits import ExitInfo, ExitKind
 from harness.images.model import GuestImage
 
 QMP_CONNECT_TIMEOUT_S = 10.0
@@ -128,7 +132,7 @@ def qemu_command(
 class QemuVmm(ProcessVmm, Vmm):
     """A running QEMU with its QMP connection and the events seen so far."""
 
-    def __init__(self, process: Any, qmp: QMPClient | None, memory_mib: int = 0,
+    def __init__(self, process: Process, qmp: QMPClient | None, memory_mib: int = 0,
                  transport: Callable[[], Awaitable[str]] | None = None) -> None:
         super().__init__(process)
         self.qmp = qmp
@@ -149,9 +153,9 @@ class QemuVmm(ProcessVmm, Vmm):
 
     async def drain_events(self) -> list[dict[str, Any]]:
         """Take the events queued so far (SHUTDOWN reasons, GUEST_PANICKED, RESET)."""
-        new = []
+        new: list[dict[str, Any]] = []
         while not self.listener.empty():
-            event = dict(await self.listener.get())
+            event: dict[str, Any] = dict(await self.listener.get())
             new.append(event)
             if event["event"] == "SHUTDOWN":
                 self.shutdown_reason = event.get("data", {}).get("reason")
@@ -161,7 +165,7 @@ class QemuVmm(ProcessVmm, Vmm):
         return new
 
     async def _execute(self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0
-                       ) -> Any:
+                       ) -> Any:  # Any: QMP's reply, JSON shaped by the command
         if self.qmp is None:
             raise HarnessError("QMP is not connected")
         try:
@@ -266,7 +270,8 @@ class QemuVmm(ProcessVmm, Vmm):
 
                     async def event() -> None:
                         while True:
-                            status = (await listener.get()).get("data", {}).get("status", "")
+                            message: dict[str, Any] = dict(await listener.get())
+                            status = message.get("data", {}).get("status", "")
                             if status in MIGRATION_DONE:
                                 ended.append(status)
                                 tg.cancel_scope.cancel()
@@ -300,8 +305,9 @@ class QemuVmm(ProcessVmm, Vmm):
                     await self.qmp.disconnect()
         await kill_and_reap(self.process)
 
-    async def exit_info(self, rc: int) -> ExitInfo:
+    async def exit_info(self, returncode: int) -> ExitInfo:
         """QEMU exits 0 for a poweroff and for a host quit; QMP says which, and if it panicked."""
+        rc = returncode
         await self.drain_events()
         if rc < 0:
             return ExitInfo(ExitKind.KILLED, rc, f"QEMU {describe_returncode(rc)}")
@@ -315,62 +321,45 @@ class QemuVmm(ProcessVmm, Vmm):
         return ExitInfo(ExitKind.ERROR, rc, f"QEMU failed with {describe_returncode(rc)}")
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("HARNESS_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg or Path.home() / ".cache") / "crosvm-harness"
-
-
 class QemuEngine(Engine):
     name = "qemu"
+    accelerators = ("kvm", "tcg")
 
     def __init__(self) -> None:
-        # Verdicts per arch, filled by resolve_accel (a probe boot) or from the cache.
-        self.accels: dict[str, str] = {}
-        self.accel_reasons: dict[str, str] = {}
-        # Environments of one arch starting together wait for one probe, not one each;
-        # another arch's verdict does not wait for it.
-        self._verdict_locks: dict[str, anyio.Lock] = {}
         # Per binary (path, size, mtime): `--version`'s line, and the migration transport.
         self._versions: dict[str, str] = {}
         self._transports: dict[str, str] = {}
 
-    def binary(self, arch: str) -> str | None:
-        return shutil.which(BINARIES[arch])
+    def locate(self, arch: str) -> BinaryLookup:
+        """qemu-system-ARCH on PATH (Debian's qemu-system-x86 and qemu-system-arm)."""
+        name = BINARIES[arch]
+        found = shutil.which(name)
+        if found is not None:
+            return BinaryLookup(name, found, "PATH")
+        pkg = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
+        return BinaryLookup(name, None, "", f"{name} not found on PATH (Debian package {pkg})")
 
-    def accel(self, env: Environment) -> str:
-        if env.accel != "auto":
-            return env.accel
-        return self.accels.get(env.arch) or self._cached_verdict(env.arch)[0] or "tcg"
+    def kvm_precheck(self, arch: str) -> str | None:
+        """KVM runs only the host's own arch: an arm64 guest on an x86_64 host is TCG, no
+        probe needed; nor is one where this process cannot open /dev/kvm."""
+        host = HOST_ARCH.get(platform.machine(), platform.machine())
+        if host != arch:
+            return f"host is {host}: KVM cannot run {arch} guests"
+        return kvm_access_problem()
 
-    def command(self, env: Environment, image: GuestImage, paths: RunPaths) -> list[str]:
-        return qemu_command(env, image, paths, accel=self.accel(env),
-                            binary=self.binary(env.arch) or BINARIES[env.arch])
+    def command(self, env: Environment, image: GuestImage, paths: RunPaths,
+                setup: VmmSetup) -> list[str]:
+        return qemu_command(env, image, paths, accel=setup.accel, binary=setup.binary)
 
-    async def unavailable(self, env: Environment) -> str | None:
-        if self.binary(env.arch) is None:
-            pkg = "qemu-system-x86" if env.arch == "x86_64" else "qemu-system-arm"
-            return f"{BINARIES[env.arch]} not found on PATH (Debian package {pkg})"
-        if env.accel == "kvm":
-            verdict, reason = await self.kvm_verdict(env)
-            if verdict != "kvm":
-                return f"environment requires KVM, which does not work here: {reason}"
-        return None
-
-    async def launch(
-        self, env: Environment, image: GuestImage, paths: RunPaths, console_fd: int
-    ) -> QemuVmm:
-        if env.accel == "auto" and env.arch not in self.accels:
-            await self.kvm_verdict(env)
-        argv = self.command(env, image, paths)
+    async def launch(self, env: Environment, image: GuestImage, paths: RunPaths,
+                     setup: VmmSetup, console_fd: int) -> QemuVmm:
+        argv = self.command(env, image, paths, setup)
         qmp_path = paths.workdir / "qmp.sock"
         with contextlib.suppress(FileNotFoundError):
             qmp_path.unlink()
         process = await start_vmm(argv, console_fd=console_fd, stderr_path=paths.stderr_log)
         vmm = QemuVmm(process, None, env.memory_mib,
-                      functools.partial(self.migration_transport, env))
+                      functools.partial(self.migration_transport, setup.binary))
         try:
             vmm.attach_qmp(await self._connect_qmp(qmp_path, process))
         except BaseException:
@@ -378,7 +367,7 @@ class QemuEngine(Engine):
             raise
         return vmm
 
-    async def _connect_qmp(self, path: Path, process: Any) -> QMPClient | None:
+    async def _connect_qmp(self, path: Path, process: Process) -> QMPClient | None:
         """Connect to QMP once QEMU listens on its socket; None if QEMU died first.
 
         The socket file appears at bind(), a moment before listen(): a connection
@@ -414,35 +403,10 @@ class QemuEngine(Engine):
         return ExitInfo(ExitKind.ERROR, returncode,
                         f"QEMU failed with {describe_returncode(returncode)}")
 
-    # -- snapshots ---------------------------------------------------------------------------
-
-    async def settle(self, env: Environment) -> None:
-        if env.accel == "auto" and env.arch not in self.accels:
-            await self.kvm_verdict(env)
-
-    async def snapshot_unavailable(self, env: Environment) -> str | None:
-        if shutil.which("qemu-img") is None:
-            return ("qemu-img not found on PATH (Debian package qemu-utils): a restored "
-                    "guest writes to qcow2 overlays it creates")
-        return None
-
-    async def restore_from(self, env: Environment, state: Path) -> RestoreFrom:
-        return RestoreFrom(state, await self.migration_transport(env))
-
-    def _binary_key(self, arch: str) -> str:
-        binary = self.binary(arch) or BINARIES[arch]
-        try:
-            st = os.stat(binary)
-        except OSError:
-            return binary
-        return f"{binary}|{st.st_size}|{st.st_mtime_ns}"
-
-    async def vmm_identity(self, env: Environment) -> str:
-        """`qemu-system-* --version`'s first line and the binary (a rebuilt one with the
-        same version string saves states its predecessor may not load)."""
-        key = self._binary_key(env.arch)
+    async def version(self, binary: str) -> str:
+        """`qemu-system-* --version`'s first line, asked once per binary (path, size, mtime)."""
+        key = _binary_key(binary)
         if key not in self._versions:
-            binary = self.binary(env.arch) or BINARIES[env.arch]
             try:
                 with anyio.fail_after(30):
                     proc = await anyio.run_process([binary, "--version"], check=False)
@@ -450,9 +414,22 @@ class QemuEngine(Engine):
                 self._versions[key] = lines[0] if lines else ""
             except (OSError, TimeoutError):
                 self._versions[key] = ""
-        return f"{self._versions[key]} ({key})"
+        return self._versions[key]
 
-    async def migration_transport(self, env: Environment) -> str:
+    # -- snapshots ---------------------------------------------------------------------------
+
+    async def snapshot_unavailable(self, env: Environment) -> str | None:
+        del env
+        if shutil.which("qemu-img") is None:
+            return ("qemu-img not found on PATH (Debian package qemu-utils): a restored "
+                    "guest writes to qcow2 overlays it creates")
+        return None
+
+    async def restore_from(self, env: Environment, state: Path, setup: VmmSetup) -> RestoreFrom:
+        del env
+        return RestoreFrom(state, await self.migration_transport(setup.binary))
+
+    async def migration_transport(self, binary: str) -> str:
         """How this QEMU reads and writes a saved state: "file" where it knows the `file:`
         migration URI (QEMU >= 8.2), "fd" (a descriptor handed over QMP) where not.
 
@@ -460,9 +437,8 @@ class QemuEngine(Engine):
         `-incoming file:...` at once ("unknown migration protocol"); one with it fails
         on the missing file instead. Either way nothing is started.
         """
-        key = self._binary_key(env.arch)
+        key = _binary_key(binary)
         if key not in self._transports:
-            binary = self.binary(env.arch) or BINARIES[env.arch]
             transport = "fd"
             try:
                 with anyio.fail_after(30):
@@ -478,57 +454,11 @@ class QemuEngine(Engine):
             self._transports[key] = transport
         return self._transports[key]
 
-    # -- KVM verdict -------------------------------------------------------------------------
 
-    def _verdict_key(self, arch: str) -> str:
-        binary = self.binary(arch) or ""
-        st = os.stat(binary) if binary else None
-        kvm = os.path.exists("/dev/kvm")
-        return f"{platform.release()}|{binary}|{st.st_mtime_ns if st else 0}|{kvm}|{arch}"
-
-    def _verdict_file(self) -> Path:
-        return _cache_dir() / "kvm-verdict.json"
-
-    def _cached_verdict(self, arch: str) -> tuple[str | None, str]:
-        try:
-            data = json.loads(self._verdict_file().read_text())
-            entry = data[self._verdict_key(arch)]
-            return entry["accel"], entry["reason"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None, "not probed yet"
-
-    def _store_verdict(self, arch: str, accel: str, reason: str) -> None:
-        path = self._verdict_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        data[self._verdict_key(arch)] = {"accel": accel, "reason": reason, "when": time.time()}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-
-    async def kvm_verdict(self, env: Environment) -> tuple[str, str]:
-        """'kvm' only when a real probe boot under KVM reached the boot marker; cached on disk."""
-        arch = env.arch
-        async with self._verdict_locks.setdefault(arch, anyio.Lock()):
-            if arch in self.accels:
-                return self.accels[arch], self.accel_reasons[arch]
-            accel, reason = self._cached_verdict(arch)
-            if accel is None:
-                accel, reason = await self._probe(env)
-                self._store_verdict(arch, accel, reason)
-            self.accels[arch], self.accel_reasons[arch] = accel, reason
-            return accel, reason
-
-    async def _probe(self, env: Environment) -> tuple[str, str]:
-        host = HOST_ARCH.get(platform.machine(), platform.machine())
-        if host != env.arch:
-            return "tcg", f"host is {host}: KVM cannot run {env.arch} guests"
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            return "tcg", "/dev/kvm is missing or not accessible"
-        from harness.kvmprobe import probe_boot
-
-        ok, why = await probe_boot(self, env)
-        return ("kvm", why) if ok else ("tcg", why)
+def _binary_key(binary: str) -> str:
+    """A binary as a cache key: its path, size and mtime (a rebuilt one is another binary)."""
+    try:
+        st = os.stat(binary)
+    except OSError:
+        return binary
+    return f"{binary}|{st.st_size}|{st.st_mtime_ns}"

@@ -92,7 +92,7 @@ class ProductBundle:
                           kernel_uncompressed=self.kernel)
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -177,14 +177,19 @@ def parse_product_bundle(data: Any, manifest: Path, entry: BundleEntry,
     if loaders is not None and type(loaders) is not list:
         raise ConfigError(file, None, "partitions.bootloader_partitions",
                           f"expected a list, got {_show(loaders)}")
-    common = {"name": entry.name, "cpu": entry.cpu, "label": entry.label,
-              "directory": directory, "manifest": manifest}
+
+    def bundle(kernel: Path | None, zbi: Path | None, efi_disk: Path | None = None
+               ) -> ProductBundle:
+        return ProductBundle(name=entry.name, cpu=entry.cpu, label=entry.label,
+                             directory=directory, manifest=manifest, kernel=kernel, zbi=zbi,
+                             efi_disk=efi_disk)
+
     if loaders and len(loaders) == 1 and type(loaders[0]) is dict \
             and loaders[0].get("type") == UEFI_PARTITION_TYPE:
         # A UEFI disk: system_a is not what boots (run-boot-test.py's rule).
         field = "partitions.bootloader_partitions[0].image"
         image = _string(file, None, loaders[0], "image", field=field)
-        return ProductBundle(kernel=None, zbi=None, efi_disk=directory / image, **common)
+        return bundle(None, None, directory / image)
     system_a = data.get("system_a")
     if system_a is None:
         system_a = []
@@ -211,7 +216,7 @@ def parse_product_bundle(data: Any, manifest: Path, entry: BundleEntry,
                           'has no image of type "kernel": nothing for the VMM to boot (crosvm '
                           "and QEMU boot the bundle's Linux boot shim, with its ZBI as the "
                           "initrd)")
-    return ProductBundle(kernel=found["kernel"], zbi=found.get("zbi"), **common)
+    return bundle(found["kernel"], found.get("zbi"))
 
 
 class BundleSet:

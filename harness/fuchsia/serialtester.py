@@ -50,17 +50,16 @@ from harness import parsers
 from harness.console import Console, ConsoleEOF, ConsoleTimeout
 from harness.environments import Environment
 from harness.errors import ConfigError, HarnessError
-from harness.profiles import zircon
-from harness.suite import Skip, TestContext
+from harness.profiles import get_profile, zircon
+from harness.programs import DEFAULT_TIMEOUT_S
+from harness.spec import TestSpec
+from harness.suite import Guest, Skip, TestContext
 
 # tester.go's constants.
 START_ATTEMPTS = 3  # startSerialCommandMaxAttempts
 TEST_STARTED_TIMEOUT_S = 15.0  # testStartedTimeout
 # lib.go's testTimeoutGracePeriod: the tester's own deadline is the test's timeout plus this.
 TIMEOUT_GRACE_S = 30.0
-# Fuchsia sets no deadline on a test without timeout_secs; the harness keeps its default
-# deadline for programs, so that a hung guest cannot hold a run forever.
-DEFAULT_TIMEOUT_S = 300.0
 # tools/testing/testrunner/constants: what tefmocheck looks for when the device stops answering.
 FAILED_TO_START = "failed to start test over serial"
 SSH_REASON = ("expects SSH (expects_ssh): Fuchsia runs it with ffx over the target's network; "
@@ -86,17 +85,18 @@ class SerialTestAborted(ConsoleTimeout):
 # -- what runs ----------------------------------------------------------------------------------
 
 
-def handles(spec: Any, env: Environment) -> bool:
+def handles(spec: TestSpec, env: Environment) -> bool:
     """Whether a tests.json entry without a built-in test is this tester's on `env`.
 
-    Fuchsia's serial tester is for Fuchsia targets: the Zircon profile. Boot
-    tests boot an image and are judged from serial alone; they are not run by
-    a tester, so they are left to whatever runs boot tests.
+    Fuchsia's serial tester is for Fuchsia targets: a guest whose profile runs
+    `os: fuchsia` programs (testrunner's rule). Boot tests boot an image and are
+    judged from serial alone; they are not run by a tester, so they are left to
+    whatever runs boot tests.
     """
-    return env.profile == "zircon" and not spec.is_boot_test
+    return get_profile(env.profile).os == "fuchsia" and not spec.is_boot_test
 
 
-def unrunnable(spec: Any) -> str | None:
+def unrunnable(spec: TestSpec) -> str | None:
     """Why an entry this tester handles is skipped, or None to run it.
 
     Malformed fields raise ConfigError (exit 2) here, at plan time. Entries
@@ -116,14 +116,15 @@ def unrunnable(spec: Any) -> str | None:
     return None
 
 
-def outer_timeout(spec: Any) -> float:
+def outer_timeout(spec: TestSpec) -> float:
     """The whole test's deadline: its timeout plus lib.go's grace period."""
     if spec.timeout_secs:
         return float(spec.timeout_secs) + TIMEOUT_GRACE_S
+    # Fuchsia sets none without timeout_secs; the harness keeps its deadline for programs.
     return DEFAULT_TIMEOUT_S
 
 
-def command_for_test(spec: Any) -> list[str]:
+def command_for_test(spec: TestSpec) -> list[str]:
     """tester.go's commandForTest with useSerial: the command line, as a list of words."""
     timeout = int(spec.timeout_secs or 0)  # int64(timeout.Seconds())
     if not spec.package_url:
@@ -155,9 +156,10 @@ def command_for_test(spec: Any) -> list[str]:
 # -- entry fields the spec model keeps in `extra` ---------------------------------------------
 
 
-def _field(spec: Any, name: str) -> Any:
+def _field(spec: TestSpec, name: str) -> Any:
     """A field by its tests.json name: an attribute of the spec if the model has one, else
-    the unknown-field store (`expects_ssh` at entry level, `test.parallel` inside `test`)."""
+    the unknown-field store (`expects_ssh` at entry level, `test.parallel` inside `test`).
+    Any: a JSON value, which the callers check."""
     value = getattr(spec, name, None)
     if value is None:
         extra = getattr(spec, "extra", None) or {}
@@ -165,14 +167,14 @@ def _field(spec: Any, name: str) -> Any:
     return value
 
 
-def _bad(spec: Any, name: str, expected: str, value: Any) -> ConfigError:
+def _bad(spec: TestSpec, name: str, expected: str, value: object) -> ConfigError:
     shown = json.dumps(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return ConfigError("tests.json", f"entry {spec.index} ({json.dumps(spec.name)})", name,
                        f"expected {expected}, got {shown}")
 
 
-def _flag(spec: Any, name: str) -> bool:
+def _flag(spec: TestSpec, name: str) -> bool:
     value = _field(spec, name)
     if value is None:
         return False
@@ -181,7 +183,7 @@ def _flag(spec: Any, name: str) -> bool:
     return value
 
 
-def _string(spec: Any, name: str) -> str:
+def _string(spec: TestSpec, name: str) -> str:
     value = _field(spec, name)
     if value is None:
         return ""
@@ -190,7 +192,7 @@ def _string(spec: Any, name: str) -> str:
     return value
 
 
-def _count(spec: Any, name: str) -> int:
+def _count(spec: TestSpec, name: str) -> int:
     value = _field(spec, name)
     if value is None:
         return 0
@@ -199,7 +201,7 @@ def _count(spec: Any, name: str) -> int:
     return value
 
 
-def _log_settings(spec: Any) -> dict[str, str]:
+def _log_settings(spec: TestSpec) -> dict[str, str]:
     value = _field(spec, "log_settings")
     if value is None:
         return {}
@@ -317,7 +319,7 @@ class SerialTester:
     """
 
     def __init__(self) -> None:
-        self._bootup_waited: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._bootup_waited: weakref.WeakKeyDictionary[Guest, int] = weakref.WeakKeyDictionary()
 
     async def test(self, t: TestContext) -> None:
         """One entry: bootup wait, start (retried), completion line, cases."""

@@ -72,8 +72,6 @@ LOG_SOURCES = {
     LogType.SWARMING: "the VMM's stderr (vmm-stderr.log)",
     LogType.SYSLOG: "a syslog given to `harness parse --syslog`",
 }
-# Profiles whose serial logs carry Fuchsia's strings.
-SERIAL_PROFILES = frozenset({"zircon"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,8 +576,11 @@ def _read(path: Path) -> bytes:
         return b""
 
 
-def task_outputs(result: TestResult, out_dir: Path, profile: str) -> TestingOutputs:
+def task_outputs(result: TestResult, out_dir: Path, *, scan_serial: bool) -> TestingOutputs:
     """A finished test as tefmocheck's task: its attempts' serial logs and VMM stderr.
+
+    `scan_serial`: the guest's serial log carries Fuchsia's strings (its profile's
+    `crash_scan_serial`); a Linux guest's is not Fuchsia's to judge.
 
     Each attempt is a run of the test in the test summary (a retry that
     passed after a failure is a flake, as ignore_flakes sees it), and each
@@ -596,7 +597,7 @@ def task_outputs(result: TestResult, out_dir: Path, profile: str) -> TestingOutp
         if not serial_rel:
             continue
         serial = out_dir / serial_rel
-        if profile in SERIAL_PROFILES:
+        if scan_serial:
             outputs.serial_logs.append(_read(serial))
         err_path = serial.parent / "vmm-stderr.log"
         err = _read(err_path)
@@ -608,7 +609,7 @@ def task_outputs(result: TestResult, out_dir: Path, profile: str) -> TestingOutp
     return outputs
 
 
-def synthetic_results(result: TestResult, out_dir: Path, profile: str,
+def synthetic_results(result: TestResult, out_dir: Path, *, scan_serial: bool,
                       checks: Iterable[StringInLogCheck] = CHECKS) -> list[TestResult]:
     """The tests tefmocheck would add for `result`'s logs; adds its synthetic cases to it.
 
@@ -621,7 +622,7 @@ def synthetic_results(result: TestResult, out_dir: Path, profile: str,
     """
     if not result.attempts:
         return []
-    outputs = task_outputs(result, out_dir, profile)
+    outputs = task_outputs(result, out_dir, scan_serial=scan_serial)
     if not (outputs.serial_logs or outputs.swarming_output or outputs.syslogs):
         return []
     outcome = run_checks(checks, outputs)

@@ -1,55 +1,8 @@
-"""The embedded default guests: Debian kernels with a busybox initramfs, built on demand."""
+"""The embedded default guests: Debian kernels with a busybox initramfs, built on demand.
 
-from harness.images.build import (
-    ARCHES,
-    IMAGE_NAMES,
-    MODULE_WANTS,
-    RECIPE_VERSION,
-    AptListsMissing,
-    CpioEntry,
-    ImageError,
-    ImageNotBuilt,
-    MissingModuleError,
-    ModuleSelection,
-    ModuleWant,
-    PackageDownloadError,
-    build_image,
-    cache_dir,
-    ensure_image,
-    list_images,
-    parse_modules_builtin,
-    parse_modules_dep,
-    read_cpio,
-    recipe_key,
-    resolve_modules,
-    sweep_cache,
-    write_cpio,
-)
-from harness.images.model import GuestImage
-
-__all__ = [
-    "ARCHES",
-    "IMAGE_NAMES",
-    "MODULE_WANTS",
-    "RECIPE_VERSION",
-    "AptListsMissing",
-    "CpioEntry",
-    "GuestImage",
-    "ImageError",
-    "ImageNotBuilt",
-    "MissingModuleError",
-    "ModuleSelection",
-    "ModuleWant",
-    "PackageDownloadError",
-    "build_image",
-    "cache_dir",
-    "ensure_image",
-    "list_images",
-    "parse_modules_builtin",
-    "parse_modules_dep",
-    "read_cpio",
-    "recipe_key",
-    "resolve_modules",
-    "sweep_cache",
-    "write_cpio",
-]
+Nothing is imported here: `harness.images.model` (what an engine needs to know of an
+image) must not bring the builder with it. The modules, one job each: `build` (the
+steps in order; ensure_image), `apt`, `deb`, `modules`, `kernel`, `initramfs`, `cpio`,
+`recipe`, `store` (the images in the cache), `tools` (running the host's tools),
+`errors`, `environment` (the image an environment boots) and `model`.
+"""

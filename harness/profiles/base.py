@@ -150,13 +150,24 @@ class Profile:
     crash_signatures: tuple[CrashSignature, ...]
     reboot_command: str
     shutdown_command: str
+    # tests.json's `os` for programs built for this guest ("fuchsia" or "linux"): which
+    # entries testsharder may plan on it, and whether Fuchsia's serial tester runs them.
+    os: str
     alt_reboot_command: str | None = None
     alt_shutdown_command: str | None = None
     panic_command: str | None = None
     reset_marker: re.Pattern[bytes] | None = None
+    # Each boot gets a fresh secret `kernel.entropy-mixin` (Fuchsia's botanist gives every
+    # Zircon boot one): the runner makes it and keeps it out of every log and report.
+    takes_entropy_mixin: bool = False
+    # Fuchsia's crash scan (harness.fuchsia.tefmocheck) reads this guest's serial log: the
+    # strings it looks for there are Fuchsia's own.
+    crash_scan_serial: bool = False
 
-    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+    def kernel_args(self, *, arch: str, vmm_adds_console: bool, nodename: str,
                     entropy_mixin: str = "") -> list[str]:
+        """The profile's part of the kernel command line. `vmm_adds_console`: the VMM puts
+        a console= argument for its console serial port there itself."""
         raise NotImplementedError(f"profile {self.name} does not define kernel arguments")
 
     def after_restore(self, epoch_s: int) -> str | None:
@@ -165,6 +176,12 @@ class Profile:
         are not restored (harness.snapshot boots them)."""
         del epoch_s
         return None
+
+    def panic_args(self, policy: str) -> list[str]:
+        """Kernel arguments for the environment's panic policy ("reset" or "halt"); none
+        where the guest decides itself (Zircon halts, as botanist asks it to)."""
+        del policy
+        return []
 
     # -- crash scanning ------------------------------------------------------------------------
 

@@ -90,15 +90,16 @@ RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
 
 @dataclasses.dataclass(frozen=True)
 class LinuxProfile(Profile):
-    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+    def kernel_args(self, *, arch: str, vmm_adds_console: bool, nodename: str,
                     entropy_mixin: str = "") -> list[str]:
         """Only the console: the panic policy is the environment's, the log level the init's.
 
-        crosvm adds `console=ttyS0` itself for a serial port marked `console`,
-        and a second `console=` would make the kernel write everything twice.
+        A VMM that adds the console argument itself (crosvm adds `console=ttyS0` for
+        a serial port marked `console`) gets none: a second `console=` would make
+        the kernel write everything twice.
         """
         del nodename, entropy_mixin  # the init sets no hostname; Linux seeds itself
-        if engine == "crosvm":
+        if vmm_adds_console:
             return []
         if arch in ("arm64", "aarch64"):
             return ["console=ttyAMA0"]
@@ -106,6 +107,11 @@ class LinuxProfile(Profile):
 
     def after_restore(self, epoch_s: int) -> str | None:
         return AFTER_RESTORE.format(epoch=int(epoch_s))
+
+    def panic_args(self, policy: str) -> list[str]:
+        """reset: a panic reboots the guest after 1 s, the harness reports the crash and goes
+        on; halt: the guest stays down with the panic on screen until the harness stops it."""
+        return ["panic=1" if policy == "reset" else "panic=0"]
 
 
 PROFILE = LinuxProfile(
@@ -117,6 +123,7 @@ PROFILE = LinuxProfile(
     # The init is a plain script, not an init system that would handle `reboot`'s signal.
     reboot_command="reboot -f",
     shutdown_command="poweroff -f",
+    os="linux",
     panic_command="echo c > /proc/sysrq-trigger",
     reset_marker=RESET_MARKER,
 )

@@ -187,7 +187,7 @@ def strip_klog_prefix(text: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ZirconProfile(Profile):
-    def kernel_args(self, *, arch: str, engine: str, nodename: str,
+    def kernel_args(self, *, arch: str, vmm_adds_console: bool, nodename: str,
                     entropy_mixin: str = "") -> list[str]:
         """Exactly what Fuchsia's botanist passes to every emulator, in its order.
 
@@ -206,7 +206,9 @@ class ZirconProfile(Profile):
         with nothing booted) the argument is left out, as botanist does when
         its random source fails.
         """
-        del engine, nodename  # the same on QEMU and crosvm; botanist names every emulator alike
+        # The same on QEMU and crosvm (Zircon's console is `kernel.serial`, which a
+        # Linux console= does not touch); botanist names every emulator alike.
+        del vmm_adds_console, nodename
         args = [
             f"zircon.nodename={EMULATOR_NODENAME}",
             "kernel.halt-on-panic=true",
@@ -232,7 +234,10 @@ PROFILE = ZirconProfile(
     crash_signatures=CRASH_SIGNATURES,
     reboot_command="power reboot",
     shutdown_command="power shutdown",
+    os="fuchsia",
     alt_reboot_command="dm reboot",
     alt_shutdown_command="dm shutdown",
     reset_marker=RESET_MARKER,
+    takes_entropy_mixin=True,
+    crash_scan_serial=True,
 )

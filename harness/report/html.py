@@ -259,6 +259,7 @@ def _failures_html(view: RunView, ids: dict[str, str]) -> str:
         status = shown_status(r)
         cls = "failure flaky" if r.flaky else "failure"
         kind = "blocking" if r.blocking else "FYI"
+        shown_attempt: Attempt | None
         if r.flaky and final is not None:
             failed = next((a for a in r.attempts if not a.status.ok), final)
             message = f"failed, then passed on attempt {len(r.attempts)}: {failed.message}"
@@ -364,7 +365,7 @@ def _cases_html(cases: list[Case]) -> str:
                 + _td(f"{c.duration_s:.3f}", num=True) + _td(c.message[:500]) + "</tr>"
                 for c in items]
 
-    head = ["Case", "Status", ("Duration s", "num"), "Message"]
+    head: list[str | tuple[str, str]] = ["Case", "Status", ("Duration s", "num"), "Message"]
     shown, rest = order[:CASES_SHOWN], order[CASES_SHOWN:]
     out = f"<h4>{len(cases)} cases: {esc(summary)}</h4>" + _table(head, rows(shown),
                                                                   cls="sortable")
@@ -602,13 +603,13 @@ def render_index(runs: Sequence[LoadedRun], report: StabilityReport, pages: Sequ
     rows = []
     for i, (loaded, page_name) in enumerate(zip(runs, pages, strict=True)):
         run = loaded.run
-        t = run.totals()
+        totals = run.totals()
         rows.append(
             "<tr>" + _td(f"#{i}", sort=i) + _td(rfc3339(loaded.started))
             + f'<td><a href="{esc(quote(page_name))}">{esc(loaded.directory.name)}</a></td>'
-            + _td(len(run.results), num=True) + _td(t["PASS"], num=True)
-            + _td(t["FAIL"] + t["INFRA_FAIL"] + t["ABORT"], num=True)
-            + _td(t["SKIP"], num=True) + _td(t["FLAKY"], num=True)
+            + _td(len(run.results), num=True) + _td(totals["PASS"], num=True)
+            + _td(totals["FAIL"] + totals["INFRA_FAIL"] + totals["ABORT"], num=True)
+            + _td(totals["SKIP"], num=True) + _td(totals["FLAKY"], num=True)
             + _td("a blocking test failed" if run.blocking_failed else "blocking tests passed")
             + "</tr>")
     runs_html = ('<section id="runs"><h2>Runs</h2>' + _table(

@@ -285,7 +285,8 @@ def _limits() -> list[int]:
     """The console budgets a test may get: SYSTEM_OUT_LIMIT down to SYSTEM_OUT_MIN in
     quarter-octave steps. Few distinct values, so a rendered test stays valid while the
     estimate drifts as results come in (see JunitRenderer)."""
-    out, k = [], 0
+    out: list[int] = []
+    k = 0
     while True:
         value = int(SYSTEM_OUT_LIMIT * 2 ** (-k / 4))
         if value <= SYSTEM_OUT_MIN:

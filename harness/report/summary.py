@@ -370,7 +370,7 @@ def _get(d: dict[str, Any], key: str, kind: type | tuple[type, ...], default: An
 
 
 def _list_of_dicts(d: dict[str, Any], key: str, field: str) -> list[dict[str, Any]]:
-    items = _get(d, key, list, [], field)
+    items: list[Any] = _get(d, key, list, [], field)
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise _Bad(f"{field}[{i}]", "malformed: expected an object")

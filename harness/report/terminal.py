@@ -277,3 +277,28 @@ def ci_outputs(run: RunResult, diffs: Sequence[EnvDiff], *, environ: Mapping[str
             print(f"harness: cannot append to GITHUB_STEP_SUMMARY {target}: {e}",
                   file=stdout)
 
+
+def progress_line(result: TestResult, done: int, total: int) -> str:
+    """The plain line for one finished test: a Runner's when its options name no other
+    (`harness run` uses TerminalReport.progress)."""
+    status = "FLAKY" if result.flaky else result.status.value
+    width = len(str(total))
+    line = (f"[{done:>{width}}/{total}] {status:<10} {name_safe(result.environment):<16} "
+            f"{name_safe(result.test)} ({result.duration_s:.1f} s)")
+    if result.status != Status.PASS and result.final.message:
+        line += f": {terminal_safe(result.final.message)[:200]}"
+    return line
+
+
+def finished_lines(result: TestResult, found: Sequence[TestResult], progress: str | None
+                   ) -> list[str]:
+    """What the terminal says when a test is final: its progress line (None: nothing, a
+    skip summarised at the end), each test the crash scan added from its logs, and, for a
+    test that did not pass, the line that re-runs it (escaped: repro.sh holds it exactly)."""
+    lines = [progress] if progress else []
+    for s in found:
+        lines.append(f"        {'FLAKY' if s.flaky else s.status.value}: "
+                     f"{name_safe(s.test)}: {terminal_safe(s.attempts[0].message)[:200]}")
+    if not result.status.ok and result.repro:
+        lines.append(f"        repro: {terminal_safe(result.repro)}")
+    return lines

@@ -609,7 +609,9 @@ class Vm:
 
         def stats() -> dict[str, Any]:
             assert self.qmp is not None
-            return self.qmp.execute("qom-get", {"path": BALLOON_QOM, "property": "guest-stats"})
+            reply: dict[str, Any] = self.qmp.execute(
+                "qom-get", {"path": BALLOON_QOM, "property": "guest-stats"})
+            return reply
 
         asked = stats().get("last-update", 0)
         while (got := stats()).get("last-update", 0) == asked:
