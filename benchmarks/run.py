@@ -347,7 +347,7 @@ class Bench:
 
     def task_harness_empty(self) -> None:
         r = self.harness_run("harness-empty", "run", *self.env_args(), "--env", self.env.name,
-                             "-k", "no-such-test", "--no-snapshot")
+                             "-k", "no-such-test", "--allow-empty", "--no-snapshot")
         self.sample("harness_empty", r)
 
     def task_console(self) -> None:
@@ -382,7 +382,8 @@ class Bench:
             return
         # Warm-up (not recorded): page cache, .pyc files, the KVM verdict cache.
         self.s.run(self.s.harness_argv("run", *self.env_args(), "--env", self.env.name, "-k",
-                                       "no-such-test", "--out", str(self.s.dir("warm")),
+                                       "no-such-test", "--allow-empty",
+                                       "--out", str(self.s.dir("warm")),
                                        "--quiet"), timeout=120, label="warm-up")
         self.raw("boot")
         for r in range(self.args.rounds):

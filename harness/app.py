@@ -381,18 +381,7 @@ def boot_test_repro_base(args: argparse.Namespace) -> list[str]:
         base += ["--test-filter", name]
     for count in getattr(args, "count", None) or ():
         base += ["--count", count]
-    build_dir = getattr(args, "build_dir", None)
-    if build_dir:
-        base += ["--build-dir", str(Path(build_dir).resolve())]
-    if args.tests:
-        base += ["--tests", str(Path(args.tests).resolve())]
-    if getattr(args, "product_bundles", None):
-        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
-    if getattr(args, "product_bundle", None):
-        base += ["--product-bundle", args.product_bundle]
-    if args.environments:
-        base += ["--environments", str(Path(args.environments).resolve())]
-    return base
+    return base + input_args(args)
 
 
 def _execute(args: argparse.Namespace, runs: list[planmod.PlannedRun],
@@ -897,17 +886,24 @@ def repro_base(args: argparse.Namespace) -> list[str]:
     base = [*repro.harness_command(), "run"]
     for path in suite_paths(args):
         base += ["--suite-path", str(path.resolve())]
+    return base + input_args(args)
+
+
+def input_args(args: argparse.Namespace) -> list[str]:
+    """The options naming the run's inputs (tests.json, build, bundles, environments), with
+    absolute paths: what a repro line or repro.sh passes again to select the same tests."""
+    out: list[str] = []
     if args.tests:
-        base += ["--tests", str(Path(args.tests).resolve())]
+        out += ["--tests", str(Path(args.tests).resolve())]
     if getattr(args, "build_dir", None):
-        base += ["--build-dir", str(Path(args.build_dir).resolve())]
+        out += ["--build-dir", str(Path(args.build_dir).resolve())]
     if getattr(args, "product_bundles", None):
-        base += ["--product-bundles", str(Path(args.product_bundles).resolve())]
+        out += ["--product-bundles", str(Path(args.product_bundles).resolve())]
     if getattr(args, "product_bundle", None):
-        base += ["--product-bundle", args.product_bundle]
+        out += ["--product-bundle", args.product_bundle]
     if args.environments:
-        base += ["--environments", str(Path(args.environments).resolve())]
-    return base
+        out += ["--environments", str(Path(args.environments).resolve())]
+    return out
 
 
 def suite_paths(args: argparse.Namespace) -> list[Path]:

@@ -39,8 +39,8 @@ from typing import Any
 
 import anyio
 
-from harness.errors import ConfigError
 from harness.cache import cache_dir
+from harness.errors import ConfigError
 from harness.workdirs import owner_alive, write_owner
 
 SNAPSHOT_FORMAT = 1  # bump when the layout or what a key means changes

@@ -11,18 +11,16 @@ tests/test_fuchsia_standin.py boots the same paths for real, on stand-in bundles
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
 import re
 import select
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import anyio
+from thread_vmm import ThreadVmm
 
 from harness import environments as envmod
 from harness.console import SerialLog
@@ -68,18 +66,13 @@ class Script:
     exit: int | None = None  # exit with this status after the chunks; None: hang
 
 
-class ScriptVmm(Vmm):
+class ScriptVmm(ThreadVmm):
     def __init__(self, fd: int, script: Script, received: list[bytes]) -> None:
-        self.fd, self.pid, self.script, self.received = fd, os.getpid(), script, received
-        self._rc: int | None = None
-        self._stop = threading.Event()
-        # Set when the script 'exits' (from its thread, or stop/kill): what wait() awaits.
-        self._loop = asyncio.get_running_loop()
-        self._exited = asyncio.Event()
-        self.thread = threading.Thread(target=self._play, daemon=True)
-        self.thread.start()
+        super().__init__(fd)
+        self.script, self.received = script, received
+        self.start()
 
-    def _play(self) -> None:
+    def play(self) -> None:
         try:
             for chunk in self.script.chunks:
                 if isinstance(chunk, float):
@@ -87,7 +80,6 @@ class ScriptVmm(Vmm):
                 else:
                     os.write(self.fd, chunk)
             if self.script.exit is not None:
-                # What was written stays readable after the hangup (the pty keeps it).
                 self._close(self.script.exit)
                 return
             while not self._stop.is_set():  # hang, keeping what the harness sends
@@ -97,28 +89,6 @@ class ScriptVmm(Vmm):
         except (OSError, ValueError):
             return
 
-    def _close(self, rc: int) -> None:
-        if self._rc is None:
-            self._rc = rc
-            self._stop.set()
-            os.close(self.fd)
-            self._loop.call_soon_threadsafe(self._exited.set)
-
-    async def wait(self) -> int:
-        await self._exited.wait()
-        assert self._rc is not None
-        return self._rc
-
-    @property
-    def returncode(self) -> int | None:
-        return self._rc
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        self._close(0)
-
-    async def kill(self) -> None:
-        self._close(-9)
-        await anyio.to_thread.run_sync(self.thread.join, 2.0)
 
 
 SETUP = VmmSetup("script-vmm", "tcg")

@@ -14,7 +14,6 @@ parse`) to the cases the live run reported.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gzip
 import json
@@ -24,7 +23,6 @@ import select
 import shlex
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import anyio
 import pytest
+from thread_vmm import ThreadVmm
 
 from harness import environments
 from harness import suite as suite_api
@@ -79,25 +78,18 @@ _RUN_LINE = re.compile(r"^printf '%s\\n' (\w+)''B; command eval (.*); "
                        r"printf '%s:%d\\n' \1''E \$\?$")
 
 
-class TranscriptVmm(Vmm):
+class TranscriptVmm(ThreadVmm):
     """Plays one Launch on the pty slave from a thread; closes it to 'exit'."""
 
     def __init__(self, fd: int, launch: Launch, log: list[str]) -> None:
-        self.fd = fd
-        self.pid = os.getpid()
+        super().__init__(fd)
         self.launch = launch
         self.sent = log
         self.unexpected: list[str] = []
-        self._rc: int | None = None
-        self._stop = threading.Event()
-        # Set when the transcript 'exits' (from its thread, or stop/kill): what wait() awaits.
-        self._loop = asyncio.get_running_loop()
-        self._exited = asyncio.Event()
         os.write(fd, launch.boot)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.start()
 
-    def _serve(self) -> None:
+    def play(self) -> None:
         pending = b""
         steps = list(self.launch.steps)
         while not self._stop.is_set():
@@ -123,8 +115,6 @@ class TranscriptVmm(Vmm):
             step = steps.pop(0)
             os.write(self.fd, reply)
             if step.exit is not None:
-                # What was written before the hangup stays readable after it (the pty
-                # keeps it for the master), so the console reads the last words first.
                 self._close(step.exit)
                 return b""
         return pending
@@ -139,28 +129,6 @@ class TranscriptVmm(Vmm):
         return (token + b"B\r\n" + step.reply + b"\r\n" + token + b"E:%d\r\n" % step.status
                 + self.launch.prompt)
 
-    def _close(self, rc: int) -> None:
-        if self._rc is None:
-            self._rc = rc
-            self._stop.set()
-            os.close(self.fd)
-            self._loop.call_soon_threadsafe(self._exited.set)
-
-    async def wait(self) -> int:
-        await self._exited.wait()
-        assert self._rc is not None
-        return self._rc
-
-    @property
-    def returncode(self) -> int | None:
-        return self._rc
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        self._close(0)
-
-    async def kill(self) -> None:
-        self._close(-9)
-        await anyio.to_thread.run_sync(self.thread.join, 2.0)
 
 
 class TranscriptEngine(Engine):
