@@ -284,14 +284,21 @@ def plan_probe(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     from harness import environments as envmod
     from harness import plan as planmod
+    from harness.fuchsia.build import PRODUCT_BUNDLES_JSON, TESTS_JSON, BundleSet
     from harness.spec import load_specs
 
     t_import = time.perf_counter()
     rss_import = _maxrss_mib()
-    specs = load_specs(args.tests)
+    build = Path(args.build_dir)
+    specs = load_specs(build / TESTS_JSON)
+    bundles = BundleSet.read(build / PRODUCT_BUNDLES_JSON)
     t_load = time.perf_counter()
     envs = envmod.load(args.environments)
-    plan = planmod.make_plan(specs, envs, planmod.Selection(device_types=("crosvm",)))
+    # As `harness plan --build-dir`: Fuchsia's matching, the build's bundles.
+    plan = planmod.make_plan(specs, envs, planmod.Selection(device_types=("crosvm",)),
+                             testsharder=True, bundles=bundles)
+    if not plan.runs:
+        raise SystemExit("the plan selected nothing: the benchmark would time no planning")
     t_plan = time.perf_counter()
     shards = planmod.assign_shards(plan.runs, args.shards)
     t_shard = time.perf_counter()
@@ -454,7 +461,7 @@ def main() -> int:
     s = sub.add_parser("snapshot", parents=[guest])
     s.add_argument("--rounds", type=int, default=3)
     p = sub.add_parser("plan")
-    p.add_argument("tests")
+    p.add_argument("build_dir")
     p.add_argument("--environments")
     p.add_argument("--shards", type=int, default=20)
     args = ap.parse_args()

@@ -520,11 +520,11 @@ class Bench:
             self.sample(f"capture_{variant}", _json_line(out))
 
     def plan(self) -> None:
-        path = self.s.root / "fuchsia-scale.tests.json"
-        write_fuchsia_scale_tests(path, self.args.plan_entries)
+        build = self.s.root / "fuchsia-scale"
+        write_fuchsia_scale_build(build, self.args.plan_entries)
         for _ in range(self.args.plan_rounds):
             self.say(f"plan: {self.args.plan_entries} entries, library")
-            _, out = self.s.run([sys.executable, str(BENCH / "probes.py"), "plan", str(path),
+            _, out = self.s.run([sys.executable, str(BENCH / "probes.py"), "plan", str(build),
                                  "--shards", "20", *self.env_args()], timeout=300,
                                 label="plan")
             self.sample("plan_library", _json_line(out))
@@ -532,7 +532,7 @@ class Bench:
             d = self.s.dir("plan-cli")
             rss = d / "rss.json"
             wall, _ = self.s.run([sys.executable, str(BENCH / "harness_rss.py"), str(rss), "--",
-                                  "plan", *self.env_args(), "--tests", str(path),
+                                  "plan", *self.env_args(), "--build-dir", str(build),
                                   "--device-type", "crosvm", "--shard-index", "0",
                                   "--total-shards", "20"],
                                  timeout=300, label="plan-cli", stdout=subprocess.DEVNULL)
@@ -554,9 +554,45 @@ def _has_labgrid() -> bool:
     return importlib.util.find_spec("labgrid") is not None
 
 
+def write_fuchsia_scale_build(build: Path, n: int) -> None:
+    """A Fuchsia build directory at scale: `n` tests.json entries (write_fuchsia_scale_tests)
+    and product_bundles.json naming a core bundle per cpu, as version 2 product_bundle.json
+    files whose images exist (placeholders: a plan reads no image's bytes). Fuchsia tests are
+    planned only on the environments that boot a build's bundle (harness.plan), so a plan
+    without the bundles selects nothing."""
+    bundles = []
+    for cpu in ("x64", "arm64"):
+        rel = Path("obj/build/images/fuchsia") / cpu / "product_bundle"
+        system_a = build / rel / "system_a"
+        system_a.mkdir(parents=True, exist_ok=True)
+        for image in ("fuchsia.zbi", "linux-x86-boot-shim.bin"):
+            (system_a / image).write_bytes(b"\0" * 4096)
+        (build / rel / "product_bundle.json").write_text(json.dumps({
+            "version": "2", "product_name": f"core.{cpu}", "product_version": "bench",
+            "sdk_version": "bench",
+            "partitions": {"hardware_revision": "", "bootstrap_partitions": [],
+                           "bootloader_partitions": [], "partitions": [],
+                           "unlock_credentials": []},
+            "system_a": [
+                {"type": "zbi", "name": "zircon-a", "path": "system_a/fuchsia.zbi",
+                 "signed": False},
+                {"type": "kernel", "name": "qemu-kernel",
+                 "path": "system_a/linux-x86-boot-shim.bin"},
+            ],
+            "system_b": None, "system_r": None, "repositories": [],
+        }))
+        bundles.append({"name": f"core.{cpu}", "path": rel.as_posix(),
+                        "json": (rel / "product_bundle.json").as_posix(), "cpu": cpu,
+                        "label": f"//products:core.{cpu}.product_bundle",
+                        "transfer_manifest_path": None})
+    (build / "product_bundles.json").write_text(json.dumps(bundles))
+    write_fuchsia_scale_tests(build / "tests.json", n)
+
+
 def write_fuchsia_scale_tests(path: Path, n: int) -> None:
     """A tests.json shaped like Fuchsia's: package URLs, labels, a few dimension sets,
-    unknown fields the loader must keep, and about 40% of entries on crosvm."""
+    unknown fields the loader must keep, and about 40% of entries on crosvm; each names
+    the core bundle of its cpu."""
     rng = random.Random(7)
     pools = [
         [{"dimensions": {"device_type": "crosvm", "cpu": "x64"}}],
@@ -574,7 +610,9 @@ def write_fuchsia_scale_tests(path: Path, n: int) -> None:
     for i in range(n):
         pkg = f"pkg_{i // 7}"
         name = f"fuchsia-pkg://fuchsia.com/{pkg}#meta/test_{i}.cm"
-        cpu = "arm64" if i % 5 == 0 else "x64"
+        environments = rng.choices(pools, weights)[0]
+        # The test's cpu is its environments' (testsharder plans a test only where they agree).
+        cpu = environments[0]["dimensions"]["cpu"]
         entries.append({
             "test": {
                 "name": name,
@@ -588,8 +626,8 @@ def write_fuchsia_scale_tests(path: Path, n: int) -> None:
                 "has_generated_manifest": bool(i % 2),
                 "timeout_secs": rng.choice([0, 60, 300, 600]),
             },
-            "environments": rng.choices(pools, weights)[0],
-            "product_bundle": "core.x64",
+            "environments": environments,
+            "product_bundle": f"core.{cpu}",
             "is_boot_test": False,
         })
     path.write_text(json.dumps(entries))
