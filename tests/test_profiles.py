@@ -463,3 +463,67 @@ def test_crash_watch_finds_what_the_alternation_finds(profile: Profile) -> None:
             assert (a and a.span()) == (b and b.span()), (profile.name, pos)
             found += a is not None
     assert found > 10
+
+
+# -- what a restored Linux guest runs first (harness.snapshot) --------------------------------
+
+AFTER_RESTORE_SCENARIO = """
+set -u
+mount -t tmpfs none /sys/class/net
+for i in lo:0x9 eth0:0x1003 eth1:0x1002 wlan0:0x1043; do
+    mkdir /sys/class/net/${i%%:*}; echo ${i#*:} > /sys/class/net/${i%%:*}/flags
+done
+mkdir /sys/class/net/noflags
+cp /bin/sleep "$T/udhcpc"; "$T/udhcpc" 60 & dhcp=$!
+"$T/sleepy" 60 & other=$!
+date() { echo "date $*" >> "$T/log"; return $DATE_STATUS; }
+ip() { echo "ip $*" >> "$T/log"; }
+@FIXUP@
+echo "status $?" >> "$T/log"
+if kill -0 $dhcp 2>/dev/null && [ "$DATE_STATUS" != 0 ]; then
+    echo "udhcpc untouched" >> "$T/log"; kill $dhcp
+else
+    wait $dhcp; echo "udhcpc $?" >> "$T/log"
+fi
+kill -0 $other && echo "other alive" >> "$T/log"; kill $other
+echo "vars ${_hn-unset} ${_hp-unset}" >> "$T/log"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount and PID namespace")
+@pytest.mark.parametrize("shell", [["busybox", "sh"], ["dash"]])
+@pytest.mark.parametrize("date_status", [0, 1])
+def test_after_restore_sets_the_clock_renews_up_links_and_signals_udhcpc_only(
+        tmp_path: Path, shell: list[str], date_status: int) -> None:
+    """The fix-up a restored guest runs, in busybox's shell as in the guest (and dash): in a
+    private mount and PID namespace, over a sysfs of four interfaces (and one without flags)
+    and a /proc with a process named udhcpc and another one, `date` and `ip` recorded by
+    shell functions (which come before busybox's applets)."""
+    import shutil
+    import subprocess
+
+    for tool in (shell[0], "unshare"):
+        assert shutil.which(tool), f"{tool} is missing (Debian: busybox-static, util-linux, dash)"
+    shutil.copy("/bin/sleep", tmp_path / "sleepy")
+    script = AFTER_RESTORE_SCENARIO.replace("@FIXUP@", LINUX.after_restore(1_700_000_000) or "")
+    proc = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", *shell, "-c", script],
+        env={**os.environ, "T": str(tmp_path), "DATE_STATUS": str(date_status)},
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    # Nothing from the fix-up itself (the shell reports the stand-in udhcpc's end: a sleep,
+    # unlike udhcpc, dies of SIGUSR1).
+    assert proc.stderr.replace("User defined signal 1\n", "") == "", proc.stderr
+    log = (tmp_path / "log").read_text().splitlines()
+    if date_status:  # the clock could not be set: that is the status, and nothing else runs
+        assert log == ["date -u -s @1700000000", "status 1", "udhcpc untouched",
+                       "other alive", "vars unset unset"]
+        return
+    # eth0 and wlan0 are up (IFF_UP, bit 0), lo is skipped, eth1 is down, `noflags` unreadable.
+    assert log == ["date -u -s @1700000000",
+                   "ip link set eth0 down", "ip link set eth0 up",
+                   "ip link set wlan0 down", "ip link set wlan0 up",
+                   "status 0",
+                   "udhcpc 138",  # 128 + SIGUSR1: the renew signal reached udhcpc
+                   "other alive",
+                   "vars unset unset"]

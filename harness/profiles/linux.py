@@ -77,13 +77,21 @@ PROMPT = signature_pattern(rb"harness# ")
 # the second the host read, so every moment between that read and `date` running is error.
 # Then every interface that is up goes down and up, so its driver renegotiates the link, and
 # a running udhcpc renews its lease (SIGUSR1); at save time the harness's init has brought up
-# `lo` only, so normally nothing moves. The status is `date`'s; the rest runs in a subshell,
-# so that no variable of it stays in the shell.
+# `lo` only, so normally nothing moves. Only `date` is a program: which interface is up is
+# read from sysfs (IFF_UP, bit 0 of `flags`) and which process is udhcpc from /proc/PID/comm,
+# with the shell's own `read` and `kill` (no `ip link show | grep` per interface, no subshell,
+# no `killall`). Measured on qemu-arm64 under TCG, the first command after a restore takes
+# 0.4-0.7 s whatever it is (QEMU translates the guest's code anew), the next ones 50 ms: the
+# fix-up is that first command, and adds little to it. The status is `date`'s; the
+# variables, named `_h*`, are unset after.
 AFTER_RESTORE = (
-    "date -u -s @{epoch} >/dev/null && (for n in /sys/class/net/*; do i=${{n##*/}}; "
-    "[ \"$i\" = lo ] && continue; ip link show \"$i\" | grep -q '[<,]UP[,>]' || continue; "
-    "ip link set \"$i\" down; ip link set \"$i\" up; done; "
-    "killall -USR1 udhcpc 2>/dev/null; true)"
+    "date -u -s @{epoch} >/dev/null && {{ for _hn in /sys/class/net/*; do "
+    "read _hf 2>/dev/null < \"$_hn/flags\" || continue; _hi=${{_hn##*/}}; "
+    "[ \"$_hi\" != lo ] && [ $((_hf & 1)) = 1 ] && "
+    "{{ ip link set \"$_hi\" down; ip link set \"$_hi\" up; }}; done; "
+    "for _hc in /proc/[0-9]*/comm; do read _hp 2>/dev/null < \"$_hc\" && "
+    "[ \"$_hp\" = udhcpc ] && _hp=${{_hc#/proc/}} && kill -USR1 \"${{_hp%/comm}}\"; done; "
+    "unset _hn _hf _hi _hc _hp; true; }}"
 )
 RESET_MARKER = signature_pattern(rb"reboot: Restarting system")
 
