@@ -474,8 +474,10 @@ for i in lo:0x9 eth0:0x1003 eth1:0x1002 wlan0:0x1043; do
     mkdir /sys/class/net/${i%%:*}; echo ${i#*:} > /sys/class/net/${i%%:*}/flags
 done
 mkdir /sys/class/net/noflags
-cp /bin/sleep "$T/udhcpc"; "$T/udhcpc" 60 & dhcp=$!
-"$T/sleepy" 60 & other=$!
+cp /bin/sleep "$T/udhcpc"; "$T/udhcpc" 30 & dhcp=$!
+"$T/sleepy" 30 & other=$!
+# Until the forked shell has become udhcpc (its comm says so), as a running udhcpc would be.
+until read c < /proc/$dhcp/comm && [ "$c" = udhcpc ]; do sleep 0.01; done
 date() { echo "date $*" >> "$T/log"; return $DATE_STATUS; }
 ip() { echo "ip $*" >> "$T/log"; }
 @FIXUP@
