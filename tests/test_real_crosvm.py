@@ -28,7 +28,8 @@ import anyio
 import pytest
 
 from harness import app, environments
-from harness.engines.base import RestoreFrom, RunPaths, VmmSetup
+from harness.accel import Accel
+from harness.engines.base import EnvironmentUnavailable, RestoreFrom, RunPaths, VmmSetup
 from harness.engines.crosvm import (
     PARSE_CHECK_EXPECTED,
     SNAPSHOT_ARCH_REASON,
@@ -62,9 +63,11 @@ def real_crosvm_with_kvm() -> str:
     binary = real_crosvm_binary()
     arch = "arm64" if platform.machine() in ("aarch64", "arm64") else "x64"
     env = environments.load().get(f"crosvm-{arch}")
-    reason = anyio.run(CrosvmEngine(binary).unavailable, env, backend="asyncio")
-    if reason:
-        pytest.skip(f"real crosvm cannot run here: {reason}")
+    try:
+        # The runner's own verdict: a probe boot with this binary under KVM, cached per binary.
+        anyio.run(Accel().resolve, CrosvmEngine(binary), env, backend="asyncio")
+    except EnvironmentUnavailable as e:
+        pytest.skip(f"real crosvm cannot run here: {e}")
     return binary
 
 
