@@ -41,7 +41,7 @@ from typing import Any
 
 import anyio
 
-from harness.engines.base import Engine, RunPaths, VmmSetup
+from harness.engines.base import Engine, RunPaths, VmmSetup, binary_key
 from harness.environments import Environment
 from harness.errors import HarnessError
 from harness.guest import Boot, Guest, RestoreFailed
@@ -431,11 +431,7 @@ def vmm_identity(setup: VmmSetup) -> str:
     binary itself (path, size, mtime). Neither QEMU's migration stream nor crosvm's snapshot
     format (docs/book/src/architecture/snapshotting.md: not stable) is promised to load
     in another build, so a rebuilt binary with the same version string is another VMM."""
-    try:
-        st = os.stat(setup.binary)
-    except OSError:
-        return f"{setup.version} ({setup.binary})"
-    return f"{setup.version} ({setup.binary}|{st.st_size}|{st.st_mtime_ns})"
+    return f"{setup.version} ({binary_key(setup.binary)})"
 
 
 def _describe(problem: str, env: Environment) -> str:

@@ -232,6 +232,17 @@ class Engine(abc.ABC):
         return RestoreFrom(state)
 
 
+def binary_key(path: str) -> str:
+    """A binary as a cache key: its path, size and mtime, so that a rebuilt or replaced one
+    (the same path, the same version string) is another binary; the path alone where it
+    cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def kvm_access_problem() -> str | None:
     """Why /dev/kvm cannot be used by this process (None: it opens read-write)."""
     try:

@@ -41,6 +41,7 @@ from harness.engines.base import (
     RunPaths,
     Vmm,
     VmmSetup,
+    binary_key,
     kernel_args,
     kvm_access_problem,
 )
@@ -551,7 +552,7 @@ class CrosvmEngine(Engine):
         found = self.locate(env.arch)
         if found.path is None:
             return found.problem or NO_BINARY
-        key = self._binary_key(found.path)
+        key = binary_key(found.path)
         if key not in self._snapshot_support:
             rc, out, err = await _run_quiet([found.path, "snapshot", "take", "--help"])
             problem: str | None = None
@@ -569,19 +570,11 @@ class CrosvmEngine(Engine):
 
     async def version(self, binary: str) -> str:
         """`crosvm version`'s answer for `binary`, asked once per binary (path, size, mtime)."""
-        key = self._binary_key(binary)
+        key = binary_key(binary)
         if key not in self._versions:
             rc, out, err = await _run_quiet([binary, "version"])
             self._versions[key] = (out.strip() or err.strip()) if rc == 0 else ""
         return self._versions[key]
-
-    @staticmethod
-    def _binary_key(path: str) -> str:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return path
-        return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
     async def parse_check(self, argv: list[str], timeout: float = 30.0) -> ParseCheck:
         """Run `argv` with a hypervisor device that does not exist: a command line crosvm

@@ -33,6 +33,7 @@ from harness.engines.base import (
     RunPaths,
     Vmm,
     VmmSetup,
+    binary_key,
     kernel_args,
     kvm_access_problem,
 )
@@ -405,7 +406,7 @@ class QemuEngine(Engine):
 
     async def version(self, binary: str) -> str:
         """`qemu-system-* --version`'s first line, asked once per binary (path, size, mtime)."""
-        key = _binary_key(binary)
+        key = binary_key(binary)
         if key not in self._versions:
             try:
                 with anyio.fail_after(30):
@@ -437,7 +438,7 @@ class QemuEngine(Engine):
         `-incoming file:...` at once ("unknown migration protocol"); one with it fails
         on the missing file instead. Either way nothing is started.
         """
-        key = _binary_key(binary)
+        key = binary_key(binary)
         if key not in self._transports:
             transport = "fd"
             try:
@@ -453,12 +454,3 @@ class QemuEngine(Engine):
                 pass
             self._transports[key] = transport
         return self._transports[key]
-
-
-def _binary_key(binary: str) -> str:
-    """A binary as a cache key: its path, size and mtime (a rebuilt one is another binary)."""
-    try:
-        st = os.stat(binary)
-    except OSError:
-        return binary
-    return f"{binary}|{st.st_size}|{st.st_mtime_ns}"
