@@ -163,3 +163,26 @@ def test_suites_pass_on_real_crosvm(tmp_path: Path) -> None:
               if t["result"] not in ("PASS", "SKIP")]
     assert not failed, "\n".join(failed) + "\n" + proc.stderr[-4000:]
     assert any(t["result"] == "PASS" for t in tests), "nothing ran on crosvm"
+
+
+def test_a_builds_boot_test_command_lines_pass_the_real_parser(tmp_path: Path) -> None:
+    """What `harness plan --build-dir` prints for a Fuchsia build's crosvm boot tests
+    (`run ... --initrd ZBI SHIM`, botanist's kernel command line, both arches) gets past the
+    real parser and stops at opening KVM, as the planned Linux guests' command lines do."""
+    from fuchsia_standin import build_for_tests
+
+    binary = real_crosvm_binary()
+    build = build_for_tests(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "plan", "--build-dir", str(build), "--device-type",
+         "crosvm", "--json"], cwd=ROOT, env={**os.environ, "HARNESS_CROSVM": binary},
+        capture_output=True, text=True, timeout=300, check=True)
+    runs = [r for r in json.loads(proc.stdout)["runs"] if r.get("argv")]
+    assert {r["environment"] for r in runs} == {"fuchsia-crosvm-x64", "fuchsia-crosvm-arm64"}
+    for r in runs:
+        argv = r["argv"]
+        assert "--initrd" in argv and argv[-1].endswith(".bin"), argv
+        result = subprocess.run(parse_check_argv(argv), capture_output=True, text=True,
+                                check=False, timeout=60, stdin=subprocess.DEVNULL)
+        assert result.returncode == 1 and PARSE_CHECK_EXPECTED in result.stderr, \
+            (r["name"], result.returncode, result.stderr[-2000:])
