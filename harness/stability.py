@@ -182,19 +182,26 @@ def make_trend(points: Sequence[tuple[int, float]]) -> Trend | None:
     return Trend(tuple(points)) if points else None
 
 
+def _seconds(raw: str | None) -> float | None:
+    """A property holding seconds, as a number: None when absent, not a number, negative or
+    not finite (a hand-edited or foreign summary.json may hold anything)."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def boot_samples(result: TestResult) -> list[float]:
     """The `boot_s` of each attempt that booted a guest, else the boot its snapshot was
     saved from (a shared guest's tests have neither)."""
     out: list[float] = []
     for attempt in result.attempts:
         raw = attempt.properties.get(BOOT_PROPERTY, attempt.properties.get(SNAPSHOT_BOOT_PROPERTY))
-        if raw is None:
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        if math.isfinite(value) and value >= 0:
+        value = _seconds(raw)
+        if value is not None:
             out.append(value)
     return out
 
@@ -205,13 +212,8 @@ def vmm_cpu_samples(result: TestResult) -> list[float]:
     for attempt in result.attempts:
         total, seen = 0.0, False
         for key, raw in attempt.properties.items():
-            if not key.startswith(VMM_CPU_PREFIX):
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                continue
-            if math.isfinite(value) and value >= 0:
+            value = _seconds(raw) if key.startswith(VMM_CPU_PREFIX) else None
+            if value is not None:
                 total, seen = total + value, True
         if seen:
             out.append(total)

@@ -37,6 +37,7 @@ class _Host:
     and a KVM that a probe (not a precheck) decides on."""
 
     def __init__(self, binary: Path) -> None:
+        super().__init__()  # the engine's own per-binary caches
         self.binary = binary
 
     def locate(self, arch: str) -> BinaryLookup:
@@ -47,8 +48,7 @@ class _Host:
 
 
 class StandInQemu(_Host, QemuEngine):
-    async def version(self, binary: str) -> str:
-        return ""  # the stand-in binary is an empty script: it says nothing
+    pass
 
 
 class StandInCrosvm(_Host, CrosvmEngine):
