@@ -76,7 +76,8 @@ def asks_to_share(run: PlannedRun, tests: Mapping[str, SuiteTest]) -> bool:
     test = tests.get(run.spec.name)
     if test is not None:
         return test.prefers_sharing
-    extra = dict(getattr(run.spec, "extra", {}) or {})
+    # An entry's own field, or one inside its "test" object (harness.spec prefixes those).
+    extra = run.spec.extra
     return bool(extra.get("share_guest", extra.get("test.share_guest", False)))
 
 
